@@ -1,0 +1,67 @@
+"""Batches sliced straight out of in-memory tensors.
+
+For datasets that fit in memory, a `DataLoader` that collates one sample at a time costs more
+than the model step of a small student; slicing a shuffled index is the cheap way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+
+class TensorBatches:
+    """Iterable of `{"x", "y", "index"}` batches over tensors held in memory.
+
+    `index` is each sample's row in `x`, so per-sample state (cached teacher outputs, CRD
+    memory banks) can be looked up. Under `torch.distributed` each rank takes its own shard.
+    """
+
+    #: no augmentation happens here: the same index always gives the same input
+    deterministic = True
+
+    def __init__(
+        self,
+        x: Tensor,
+        y: Tensor,
+        batch_size: int,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        seed: int = 0,
+    ) -> None:
+        if len(x) != len(y):
+            raise ValueError(f"x has {len(x)} rows but y has {len(y)}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.x, self.y = x, y
+        self.batch_size, self.shuffle, self.drop_last, self.seed = batch_size, shuffle, drop_last, seed
+        self.epoch = 0
+
+    def _shard(self) -> tuple[int, int]:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
+    def _num_rows(self) -> int:
+        _, world = self._shard()
+        return len(self.x) // world if world > 1 else len(self.x)
+
+    def __len__(self) -> int:
+        rows = self._num_rows()
+        return rows // self.batch_size if self.drop_last else -(-rows // self.batch_size)
+
+    def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(len(self.x), generator=generator)
+            self.epoch += 1
+        else:
+            order = torch.arange(len(self.x))
+        rank, world = self._shard()
+        if world > 1:  # equal shards so every rank runs the same number of steps
+            order = order[: self._num_rows() * world][rank::world]
+        for batch in range(len(self)):
+            index = order[batch * self.batch_size : (batch + 1) * self.batch_size]
+            yield {"x": self.x[index], "y": self.y[index], "index": index}

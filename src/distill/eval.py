@@ -1,0 +1,44 @@
+"""`distill-eval ckpt_path=...`: evaluate a saved student on a test set."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from distill.cli import CONFIG_DIR, run_task
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """Rebuild the checkpoint's network, load its weights and measure it like the main job does."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from distill.checkpoints import load_weights, read_checkpoint
+    from distill.errors import DistillError
+    from distill.pipeline import build, build_data
+    from distill.report import measure_models, publish_report
+
+    checkpoint = read_checkpoint(cfg.ckpt_path)
+    if "net" not in checkpoint or "data" not in checkpoint:
+        raise DistillError(f"{cfg.ckpt_path} is not a student file written by distill-train (no 'net'/'data' config in it)")
+    if cfg.get("data") is None:
+        OmegaConf.set_struct(cfg, False)
+        cfg.data = OmegaConf.create(checkpoint["data"])
+    dm = build_data(cfg)
+    net = build(OmegaConf.create(checkpoint["net"]), "the checkpoint's network")
+    load_weights(net, cfg.ckpt_path, "student")
+    out = Path(cfg.paths.output_dir)
+    rows = measure_models({"student": net}, dm, out / "models", cfg.report, teacher_names=[])
+    return publish_report(rows, out, [], title=f"evaluation of {cfg.ckpt_path}")
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
+def main(cfg: DictConfig) -> float | None:
+    """Print and write the test metrics, size, latency and FLOPs of a saved student."""
+    report = run_task(evaluate, cfg)
+    return report["models"][0]["accuracy"] if report else None
+
+
+if __name__ == "__main__":
+    main()

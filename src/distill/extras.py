@@ -1,0 +1,27 @@
+"""Conveniences applied before a run: warnings filter, config tree printed."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+# Lightning's advice for multi-worker DataLoaders does not apply to in-memory tensor batches.
+QUIET = ("The '.*dataloader' does not have many workers", ".*does not have many workers.*", ".*LeafSpec.*")
+
+
+def apply_extras(cfg: DictConfig) -> None:
+    """Act on `cfg.extras`: silence known-harmless warnings, print the config tree."""
+    extras = cfg.get("extras") or {}
+    if extras.get("ignore_warnings"):
+        for pattern in QUIET:
+            warnings.filterwarnings("ignore", message=pattern)
+    if extras.get("print_config"):
+        from rich.console import Console
+        from rich.syntax import Syntax
+
+        text = OmegaConf.to_yaml(cfg, resolve=False)
+        Console().print(Syntax(text, "yaml", theme="ansi_dark", background_color="default"))

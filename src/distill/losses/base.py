@@ -1,0 +1,49 @@
+"""What every loss term sees (`StepView`) and what it is (`LossTerm`)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from distill.errors import DistillError
+
+
+@dataclass(frozen=True)
+class StepView:
+    """A read-only view of one distillation step, handed to every loss term."""
+
+    student_logits: Tensor
+    teacher_logits: Tensor  # mean of the teachers' logits; the one teacher's when there is one
+    teachers_logits: Mapping[str, Tensor]  # per teacher, by name
+    student_features: Mapping[str, Tensor]  # by module path
+    teacher_features: Mapping[str, Mapping[str, Tensor]]  # teacher name -> module path -> tensor
+    targets: Tensor  # class labels; UNLABELLED (-1) for transfer-set samples
+    index: Tensor  # row of each sample in the training set
+    epoch: int
+
+
+class LossTerm(nn.Module):
+    """One weighted term of the distillation objective: `forward(view)` returns a scalar.
+
+    Terms that need intermediate features list module paths in `student_layers` and
+    `teacher_layers`; terms with parameters create them in `build`, once the feature shapes
+    are known, and train with the student.
+    """
+
+    student_layers: tuple[str, ...] = ()
+    teacher_layers: tuple[str, ...] = ()
+
+    def __init__(self, weight: float = 1.0) -> None:
+        super().__init__()
+        if not math.isfinite(weight) or weight < 0:
+            raise DistillError(f"{type(self).__name__}: weight must be a finite number >= 0, got {weight}")
+        self.weight = float(weight)
+
+    def build(self, view: StepView) -> None:
+        """Create parameters that depend on feature shapes; `view` comes from a probe batch."""
+
+    def forward(self, view: StepView) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError

@@ -1,0 +1,62 @@
+"""Trained models cached by a hash of everything that shaped them, shared safely between runs.
+
+A run that needs a model another run is training waits on a file lock instead of training it
+again; files appear atomically, so a reader never sees half a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+from torch import nn
+
+from distill.checkpoints import load_weights, save_model
+
+log = logging.getLogger(__name__)
+
+
+def cache_key(payload: Any) -> str:
+    """A short stable hash of a JSON-serialisable description."""
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def cached_model(
+    cache_dir: Path,
+    label: str,
+    payload: dict[str, Any],
+    model: nn.Module,
+    train: Callable[[nn.Module], None],
+) -> tuple[Path, bool]:
+    """Fill `model` with the cached weights for `payload`, or `train(model)` and cache it.
+
+    Returns the cache file and whether it was reused.
+    """
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key = cache_key(payload)
+    path = cache_dir / f"{label}-{key}.pt"
+    lock = FileLock(str(path) + ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("Waiting for another run that is training %s (%s)", label, path.name)
+        lock.acquire()
+    try:
+        if path.exists():
+            log.info("Reusing cached %s from %s", label, path)
+            load_weights(model, path, label)
+            return path, True
+        log.info("Training %s (no cached copy with key %s)", label, key)
+        train(model)
+        save_model(path, model, payload=json.loads(json.dumps(payload, default=str)))
+        (cache_dir / f"{label}-{key}.json").write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
+    finally:
+        lock.release()
+    return path, False

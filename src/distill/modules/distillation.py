@@ -1,0 +1,168 @@
+"""Distillation of one student from one or several frozen teachers by a dict of weighted loss terms."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from distill.errors import DistillError
+from distill.losses.base import LossTerm, StepView
+from distill.modules.base import ClassifierModule, OptimizerFactory, SchedulerFactory
+from distill.taps import FeatureTaps
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Eval mode and no gradients: a teacher's weights and BatchNorm statistics never move."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+class DistillationModule(ClassifierModule):
+    """Trains `net` (the student) on `sum(weight * term(view))` over the configured terms.
+
+    Teachers are kept outside the module's registered children: they are not in the
+    optimiser, not in `state_dict` (so not in checkpoints) and not wrapped by DDP, yet follow
+    the module across devices (`_apply`) and stay in eval mode (`train`). When the training
+    inputs carry no randomness, each teacher's outputs are computed once per run and looked up
+    by sample index afterwards.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        teachers: Mapping[str, nn.Module],
+        terms: Mapping[str, LossTerm],
+        optimizer: OptimizerFactory,
+        num_classes: int,
+        example_input: Tensor,
+        scheduler: SchedulerFactory | None = None,
+        cache_teacher_outputs: bool = True,
+        cache_limit_bytes: int = 2**30,
+        prefix: str = "student",
+    ) -> None:
+        super().__init__(net, optimizer, num_classes, scheduler, prefix)
+        if not teachers:
+            raise DistillError("distillation needs at least one teacher")
+        if not terms:
+            raise DistillError("distillation needs at least one loss term (distill=[...])")
+        self.teachers = {name: freeze(t) for name, t in teachers.items()}
+        self.terms = nn.ModuleDict(terms)
+        self.cache_teacher_outputs, self.cache_limit_bytes = cache_teacher_outputs, cache_limit_bytes
+        self._cache: dict[str, dict[str, Tensor]] | None = None
+        self.val_agreement = MulticlassAccuracy(num_classes=num_classes, average="micro")
+
+        first = next(iter(self.teachers))
+        student_paths = [p for term in terms.values() for p in term.student_layers]
+        teacher_paths: dict[str, list[str]] = {name: [] for name in self.teachers}
+        for term in terms.values():
+            owner = getattr(term, "teacher", None) or first
+            if owner not in self.teachers:
+                raise DistillError(f"a loss term names teacher '{owner}'; teachers: {', '.join(self.teachers)}")
+            teacher_paths[owner] += term.teacher_layers
+        self.student_taps = FeatureTaps(net, student_paths, owner="student")
+        self.teacher_taps = {n: FeatureTaps(t, teacher_paths[n], owner=f"teacher '{n}'") for n, t in self.teachers.items()}
+        self._probe(example_input, num_classes)
+
+    # -- teachers follow the module but stay frozen ------------------------------------------
+    def _apply(self, fn: Callable, recurse: bool = True) -> DistillationModule:
+        super()._apply(fn, recurse)
+        for teacher in self.teachers.values():
+            teacher._apply(fn, recurse)
+        if self._cache is not None:
+            self._cache = {n: {k: fn(v) for k, v in d.items()} for n, d in self._cache.items()}
+        return self
+
+    def train(self, mode: bool = True) -> DistillationModule:
+        super().train(mode)
+        for teacher in self.teachers.values():
+            teacher.eval()
+        return self
+
+    # -- one step --------------------------------------------------------------------------
+    @torch.no_grad()
+    def _run_teachers(self, x: Tensor) -> dict[str, dict[str, Tensor]]:
+        outputs = {}
+        for name, teacher in self.teachers.items():
+            logits = teacher(x)
+            outputs[name] = {"logits": logits, **self.teacher_taps[name].outputs}
+        return outputs
+
+    def _view(self, batch: dict[str, Tensor], student_logits: Tensor, teacher_out: dict[str, dict[str, Tensor]]) -> StepView:
+        logits = {n: out["logits"] for n, out in teacher_out.items()}
+        mean = next(iter(logits.values())) if len(logits) == 1 else torch.stack(list(logits.values())).mean(0)
+        return StepView(
+            student_logits=student_logits,
+            teacher_logits=mean,
+            teachers_logits=logits,
+            student_features=dict(self.student_taps.outputs),
+            teacher_features={n: {k: v for k, v in out.items() if k != "logits"} for n, out in teacher_out.items()},
+            targets=batch["y"],
+            index=batch["index"],
+            epoch=self.current_epoch,
+        )
+
+    def _probe(self, x: Tensor, num_classes: int) -> None:
+        """One forward on example inputs: checks class counts, then lets terms build their parameters."""
+        x = x[:2]
+        self.net.eval()
+        with torch.no_grad():
+            student_logits = self.net(x)
+            teacher_out = self._run_teachers(x)
+        self.net.train()
+        counts = {f"teacher '{n}'": out["logits"].shape[-1] for n, out in teacher_out.items()}
+        counts["student"] = student_logits.shape[-1]
+        if any(c != num_classes for c in counts.values()):
+            found = ", ".join(f"{who} predicts {c}" for who, c in counts.items())
+            raise DistillError(f"teacher and student must predict the data's {num_classes} classes: {found}")
+        batch = {"y": torch.zeros(len(x), dtype=torch.long), "index": torch.arange(len(x))}
+        view = self._view(batch, student_logits, teacher_out)
+        for term in self.terms.values():
+            term.build(view)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        student_logits = self.net(batch["x"])
+        if self._cache is not None:
+            teacher_out = {n: {k: v[batch["index"]] for k, v in d.items()} for n, d in self._cache.items()}
+        else:
+            teacher_out = self._run_teachers(batch["x"])
+        view = self._view(batch, student_logits, teacher_out)
+        values = {name: term(view) for name, term in self.terms.items()}
+        total = sum(self.terms[name].weight * value for name, value in values.items())
+        values["loss"] = total
+        self.accumulate(values)
+        return total
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        logits = self(batch["x"])
+        teacher = self._view(batch, logits, self._run_teachers(batch["x"])).teacher_logits
+        self.val_acc(logits, batch["y"])
+        self.val_agreement(logits, teacher.argmax(-1))
+        self.log(f"{self.prefix}/val/acc", self.val_acc, prog_bar=True)
+        self.log(f"{self.prefix}/val/agreement", self.val_agreement)
+
+    # -- teacher outputs computed once -----------------------------------------------------
+    def on_train_start(self) -> None:
+        loader = self.trainer.train_dataloader
+        if not self.cache_teacher_outputs or not getattr(loader, "deterministic", False):
+            self._cache = None
+            return
+        x = loader.x
+        probe = self._run_teachers(x[:1].to(self.device))
+        row_bytes = sum(v.numel() * v.element_size() for out in probe.values() for v in out.values())
+        if row_bytes * len(x) > self.cache_limit_bytes:
+            self._cache = None
+            return
+        chunks: dict[str, dict[str, list[Tensor]]] = {n: {k: [] for k in out} for n, out in probe.items()}
+        for start in range(0, len(x), 4096):
+            for n, out in self._run_teachers(x[start : start + 4096].to(self.device)).items():
+                for k, v in out.items():
+                    chunks[n][k].append(v)
+        self._cache = {n: {k: torch.cat(v) for k, v in d.items()} for n, d in chunks.items()}
+
+    def on_train_end(self) -> None:
+        self._cache = None

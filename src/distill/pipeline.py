@@ -1,0 +1,207 @@
+"""The main job, in order: data → teachers → baseline student → distilled student → report."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.errors import InstantiationException
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
+
+from distill.checkpoints import save_model
+from distill.data.base import ArrayDataModule
+from distill.errors import DistillError
+from distill.losses.base import LossTerm
+from distill.model_cache import cached_model
+from distill.modules import DistillationModule, SupervisedModule
+from distill.report import measure_models, publish_report
+from distill.teachers import acquire_teacher, check_teacher_config
+
+log = logging.getLogger(__name__)
+
+# Trainer settings that change what a trained model is; the others (devices, logging) do not.
+TRAINER_KEYS_IN_CACHE_KEY = (
+    "max_steps", "limit_train_batches", "fast_dev_run", "overfit_batches", "precision",
+    "accumulate_grad_batches", "gradient_clip_val", "deterministic",
+)  # fmt: skip
+DATA_KEYS_NOT_IN_CACHE_KEY = ("data_dir", "eval_batch_size")
+
+
+def build(node: DictConfig, what: str, **kwargs: Any) -> Any:
+    """`hydra.utils.instantiate`, with a user error surfaced as one line naming `what`."""
+    try:
+        return hydra.utils.instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause: BaseException | None = err
+        while cause is not None and not isinstance(cause, DistillError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            raise cause from None
+        raise DistillError(f"cannot build {what}: {' '.join(str(err).split())}") from None
+
+
+def build_net(node: DictConfig, what: str, seed: int) -> nn.Module:
+    """A network from its config, initialised from `seed` so that equal configs start equal."""
+    torch.manual_seed(seed)
+    net = build(node, what)
+    if not isinstance(net, nn.Module):
+        raise DistillError(f"{what}: _target_ {node.get('_target_')} did not give an nn.Module")
+    return net
+
+
+def build_data(cfg: DictConfig) -> ArrayDataModule:
+    """Instantiate and set up the data; write its class count and input shape into `cfg.data`."""
+    dm = build(cfg.data, "data")
+    dm.prepare_data()
+    dm.setup("fit")
+    with open_dict(cfg):
+        cfg.data.num_classes = dm.num_classes
+        cfg.data.input_shape = list(dm.input_shape)
+    log.info(
+        "Data: %d train, %d transfer, %d val, %d test samples of shape %s, %d classes",
+        len(dm.tensors["x_train"]), dm.num_transfer, len(dm.tensors["x_val"]), len(dm.tensors["x_test"]),
+        list(dm.input_shape), dm.num_classes,
+    )  # fmt: skip
+    return dm
+
+
+def build_terms(cfg: DictConfig) -> dict[str, LossTerm]:
+    """The `distill` group: one weighted loss term per selected option."""
+    terms = {}
+    for name, node in (cfg.get("distill") or {}).items():
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            raise DistillError(f"distill.{name} is not a loss term config (it needs a _target_)")
+        term = build(node, f"distill.{name}")
+        if not isinstance(term, LossTerm):
+            raise DistillError(f"distill.{name}: {node._target_} is not a distill.losses.LossTerm")
+        terms[name] = term
+    return terms
+
+
+def build_loggers(cfg: DictConfig) -> list[Any]:
+    """Loggers of the `logger` group; W&B goes offline when no API key is configured."""
+    nodes = [n for n in (cfg.get("logger") or {}).values() if isinstance(n, DictConfig) and "_target_" in n]
+    if any("Wandb" in n._target_ for n in nodes) and not _wandb_key_available():
+        os.environ.setdefault("WANDB_MODE", "offline")
+        log.info("W&B: no API key found, logging offline (sync later with `wandb sync`)")
+    return [build(n, f"logger {n._target_}") for n in nodes]
+
+
+def _wandb_key_available() -> bool:
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE") in ("offline", "disabled"):
+        return bool(os.environ.get("WANDB_API_KEY"))
+    netrc = Path.home() / ".netrc"
+    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+
+
+def make_trainer(cfg: DictConfig, stage: str, epochs: int, loggers: list[Any]) -> L.Trainer:
+    """A fresh Trainer for one training stage, with its own callbacks and checkpoint folder."""
+    callbacks = [build(n, f"callback {n._target_}") for n in (cfg.get("callbacks") or {}).values() if n and "_target_" in n]
+    for cb in callbacks:
+        if isinstance(cb, ModelCheckpoint) and cb.dirpath:
+            cb.dirpath = os.path.join(cb.dirpath, stage)
+    return build(cfg.trainer, "trainer", max_epochs=epochs, logger=loggers or False, callbacks=callbacks)
+
+
+def fit_payload(cfg: DictConfig, kind: str, net: DictConfig, fit: DictConfig) -> dict[str, Any]:
+    """Everything that determines a supervised model's weights: the cache key's content."""
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+    return {
+        "kind": kind,
+        "net": OmegaConf.to_container(net, resolve=True),
+        "fit": OmegaConf.to_container(fit, resolve=True),
+        "data": {k: v for k, v in data.items() if k not in DATA_KEYS_NOT_IN_CACHE_KEY},
+        "seed": cfg.seed,
+        "trainer": {k: trainer.get(k) for k in TRAINER_KEYS_IN_CACHE_KEY},
+    }
+
+
+def train_supervised(cfg: DictConfig, stage: str, fit: DictConfig, dm: ArrayDataModule, loggers: list[Any]):
+    """A `train(net)` function fitting `net` on the labelled training set with the `fit` recipe."""
+
+    def train(net: nn.Module) -> None:
+        optimizer = build(fit.optimizer, f"{stage} optimizer")
+        scheduler = build(fit.scheduler, f"{stage} scheduler") if fit.get("scheduler") else None
+        module = SupervisedModule(net, optimizer, dm.num_classes, scheduler, prefix=stage)
+        trainer = make_trainer(cfg, stage, fit.epochs, loggers)
+        trainer.fit(module, dm.train_dataloader(), dm.val_dataloader())
+
+    return train
+
+
+def distillation_module(cfg: DictConfig, student: nn.Module, teachers: dict[str, nn.Module], dm: ArrayDataModule) -> DistillationModule:
+    """The distillation LightningModule of the run's config."""
+    fit = cfg.student.fit
+    return DistillationModule(
+        student,
+        teachers,
+        build_terms(cfg),
+        optimizer=build(fit.optimizer, "student optimizer"),
+        scheduler=build(fit.scheduler, "student scheduler") if fit.get("scheduler") else None,
+        num_classes=dm.num_classes,
+        example_input=dm.tensors["x_train"][:2],
+        cache_teacher_outputs=cfg.get("cache_teacher_outputs", True),
+    )
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run the whole job; returns the report."""
+    out = Path(cfg.paths.output_dir)
+    cache_dir = Path(cfg.paths.cache_dir)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if not cfg.get("teacher"):
+        raise DistillError("no teacher selected: choose one with teacher=NAME (or several: teacher=[a,b])")
+
+    # 1. Everything that can be checked without training is checked first.
+    dm = build_data(cfg)
+    teachers = {name: build_net(t.net, f"teacher '{name}'", cfg.seed) for name, t in cfg.teacher.items()}
+    for name, tcfg in cfg.teacher.items():
+        check_teacher_config(name, tcfg)
+    student = build_net(cfg.student.net, "student", cfg.seed)
+    distillation_module(cfg, copy.deepcopy(student), copy.deepcopy(teachers), dm)  # dry run: shapes, layers
+    loggers = build_loggers(cfg)
+
+    # 2. Teachers: checkpoint, or trained once and cached.
+    sources = {}
+    for name, tcfg in cfg.teacher.items():
+        payload = fit_payload(cfg, "teacher", tcfg.net, tcfg.fit)
+        train = train_supervised(cfg, f"teacher_{name}", tcfg.fit, dm, loggers)
+        sources[name] = acquire_teacher(name, tcfg, teachers[name], train, cache_dir, payload)
+
+    # 3. Baseline: the same student architecture trained on the labels alone.
+    baseline = build_net(cfg.student.net, "student", cfg.seed)
+    payload = fit_payload(cfg, "baseline", cfg.student.net, cfg.student.baseline)
+    train = train_supervised(cfg, "baseline", cfg.student.baseline, dm, loggers)
+    path, reused = cached_model(cache_dir, "baseline", payload, baseline, train)
+    sources["baseline"] = f"cache {path.name}" if reused else f"trained, cached as {path.name}"
+
+    # 4. Distillation.
+    module = distillation_module(cfg, student, teachers, dm)
+    trainer = make_trainer(cfg, "student", cfg.student.fit.epochs, loggers)
+    trainer.fit(module, dm.distill_dataloader(), dm.val_dataloader())
+    sources["student"] = "distilled in this run"
+    meta = {
+        "net": OmegaConf.to_container(cfg.student.net, resolve=True),
+        "data": OmegaConf.to_container(cfg.data, resolve=True),
+        "num_classes": dm.num_classes,
+    }
+    if trainer.is_global_zero:
+        save_model(out / "student.ckpt", student, **meta)
+
+    # 5. Every model measured the same way.
+    if not trainer.is_global_zero:
+        return {}
+    models = {**{f"teacher:{n}": t for n, t in teachers.items()}, "baseline": baseline, "student": student}
+    rows = measure_models(models, dm, out / "models", cfg.report, teacher_names=[f"teacher:{n}" for n in teachers])
+    for row in rows:
+        row["source"] = sources.get(row["model"].removeprefix("teacher:"), "")
+    return publish_report(rows, out, loggers, title=f"{cfg.task_name}: {', '.join(teachers)} → student")

@@ -1,0 +1,167 @@
+"""The report: every model measured on the same test set and machine, then written and logged."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from distill.data.base import ArrayDataModule
+from distill.measure import classification_metrics, count_parameters, flops_per_sample, latency_ms, predict, save_weights
+
+log = logging.getLogger(__name__)
+
+COLUMNS = {  # key: (header, format)
+    "model": ("model", "{}"),
+    "accuracy": ("test acc", "{:.4f}"),
+    "agreement": ("agree w/ teacher", "{:.4f}"),
+    "calibration_error": ("ECE", "{:.4f}"),
+    "parameters": ("params", "{:,}"),
+    "bytes": ("bytes on disk", "{:,}"),
+    "flops": ("FLOPs/sample", "{:,}"),
+}
+
+
+def measure_models(
+    models: Mapping[str, nn.Module],
+    dm: ArrayDataModule,
+    weights_dir: Path,
+    cfg: DictConfig,
+    teacher_names: list[str],
+) -> list[dict[str, Any]]:
+    """One row per model: test metrics, agreement with the teachers' mean logits, size, latency, FLOPs."""
+    logits = {name: predict(model, dm.test_dataloader()) for name, model in models.items()}
+    targets = next(iter(logits.values()))[1]
+    reference = torch.stack([logits[n][0] for n in teacher_names]).mean(0)
+    example = dm.tensors["x_test"][:1]
+    rows = []
+    for name, model in models.items():
+        row: dict[str, Any] = {"model": name}
+        row.update(classification_metrics(logits[name][0], targets, reference))
+        row["parameters"] = count_parameters(model)
+        row["bytes"] = save_weights(model, weights_dir / f"{name.replace(':', '_')}.pt")
+        for batch in cfg.latency_batch_sizes:
+            row[f"latency_ms_batch_{batch}"] = latency_ms(model, example, batch, repeats=cfg.latency_repeats)
+        row["flops"] = flops_per_sample(model, example)
+        rows.append(row)
+    return rows
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Distilled minus baseline accuracy, and the share of the teacher–baseline gap it closes."""
+    by_name = {r["model"]: r for r in rows}
+    if "student" not in by_name or "baseline" not in by_name:
+        return {}
+    teacher = max(r["accuracy"] for r in rows if r["model"].startswith("teacher:"))
+    base, student = by_name["baseline"]["accuracy"], by_name["student"]["accuracy"]
+    gap = teacher - base
+    return {
+        "student_minus_baseline": student - base,
+        "gap_closed": (student - base) / gap if gap > 0 else float("nan"),
+    }
+
+
+def _columns(rows: list[dict[str, Any]]) -> list[str]:
+    latency = sorted({k for r in rows for k in r if k.startswith("latency_ms_batch_")}, key=lambda k: int(k.rsplit("_", 1)[1]))
+    keys = [k for k in COLUMNS if any(k in r for r in rows)]
+    return keys[:-1] + latency + keys[-1:]
+
+
+def _header(key: str) -> str:
+    return f"latency ms (batch {key.rsplit('_', 1)[1]})" if key.startswith("latency_ms_batch_") else COLUMNS[key][0]
+
+
+def _cell(key: str, value: Any) -> str:
+    if value is None:
+        return "—"
+    if key.startswith("latency_ms_batch_"):
+        return f"{value:.3f}"
+    return COLUMNS[key][1].format(value)
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    keys = _columns(rows)
+    lines = ["| " + " | ".join(_header(k) for k in keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(_cell(k, r.get(k)) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def print_table(rows: list[dict[str, Any]], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    keys = _columns(rows)
+    for k in keys:
+        table.add_column(_header(k), justify="left" if k == "model" else "right")
+    for r in rows:
+        table.add_row(*(_cell(k, r.get(k)) for k in keys))
+    console = Console()
+    if not console.is_terminal:  # logs and CI: no terminal width to respect
+        console = Console(width=200)
+    console.print(table)
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Test accuracy against bytes on disk (log scale), one labelled point per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for r in rows:
+        ax.scatter(r["bytes"], r["accuracy"], s=40)
+        ax.annotate(r["model"], (r["bytes"], r["accuracy"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("bytes on disk")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("accuracy vs. size")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def publish_report(rows: list[dict[str, Any]], out: Path, loggers: list[Any], title: str) -> dict[str, Any]:
+    """Print the table; write report.json, report.md and report.png to `out`; send them to the loggers."""
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"title": title, "models": rows, "summary": summarize(rows)}
+    plot(rows, out / "report.png")
+    summary = "".join(f"- {k.replace('_', ' ')}: {v:.4f}\n" for k, v in report["summary"].items())
+    _write_atomic(out / "report.md", f"# {title}\n\n{markdown_table(rows)}\n\n{summary}\n![accuracy vs size](report.png)\n")
+    _write_atomic(out / "report.json", json.dumps(report, indent=2))
+    print_table(rows, title)
+    for k, v in report["summary"].items():
+        log.info("%s: %.4f", k.replace("_", " "), v)
+    log.info("Report written to %s", out / "report.json")
+    _log_to_loggers(rows, report["summary"], out / "report.png", loggers)
+    return report
+
+
+def _log_to_loggers(rows: list[dict[str, Any]], summary: dict[str, float], image: Path, loggers: list[Any]) -> None:
+    metrics = {f"report/{r['model']}/{k}": v for r in rows for k, v in r.items() if isinstance(v, (int, float))}
+    metrics.update({f"report/{k}": v for k, v in summary.items()})
+    for logger in loggers:
+        logger.log_metrics(metrics)
+        if type(logger).__name__ == "WandbLogger":
+            keys = _columns(rows)
+            logger.log_table(key="report", columns=keys, data=[[r.get(k) for k in keys] for r in rows])
+            logger.log_image(key="report_plot", images=[str(image)])
+        logger.save()
+        logger.finalize("success")

@@ -1,0 +1,24 @@
+"""`distill-train`: compose the config, then hand over to the pipeline."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from distill.cli import CONFIG_DIR, run_task
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Train (or reuse) the teachers and the baseline, distill the student, write the report."""
+    from distill.extras import apply_extras  # heavy imports only once the command line is parsed
+    from distill.pipeline import run
+
+    apply_extras(cfg)
+    report = run_task(run, cfg)
+    student = next((r for r in (report or {}).get("models", []) if r["model"] == "student"), None)
+    return student["accuracy"] if student else None  # the value a sweeper optimises
+
+
+if __name__ == "__main__":
+    main()
