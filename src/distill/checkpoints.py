@@ -48,7 +48,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise DistillError(f"cannot read checkpoint {path}: {first_line}") from None
 
 
-def state_dict_of(checkpoint: dict[str, Any], prefixes: tuple[str, ...] = ("net.", "student.", "model.")) -> dict[str, Any]:
+def state_dict_of(
+    checkpoint: dict[str, Any], prefixes: tuple[str, ...] = ("net.", "student.", "model.")
+) -> dict[str, Any]:
     """The network weights of a checkpoint, with a LightningModule attribute prefix stripped."""
     state = checkpoint.get("state_dict", checkpoint)
     if not isinstance(state, dict):

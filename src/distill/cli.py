@@ -13,7 +13,9 @@ from typing import Any
 
 _HERE = Path(__file__).resolve().parent
 # A source checkout keeps `configs/` at the top; an installed wheel carries a copy inside the package.
-CONFIG_DIR = str(_HERE.parents[1] / "configs" if (_HERE.parents[1] / "configs" / "train.yaml").is_file() else _HERE / "configs")
+CONFIG_DIR = str(
+    _HERE.parents[1] / "configs" if (_HERE.parents[1] / "configs" / "train.yaml").is_file() else _HERE / "configs"
+)
 
 
 def run_task(task: Callable[[Any], Any], cfg: Any) -> Any:

@@ -21,7 +21,9 @@ def evaluate(cfg: DictConfig) -> dict:
 
     checkpoint = read_checkpoint(cfg.ckpt_path)
     if "net" not in checkpoint or "data" not in checkpoint:
-        raise DistillError(f"{cfg.ckpt_path} is not a student file written by distill-train (no 'net'/'data' config in it)")
+        raise DistillError(
+            f"{cfg.ckpt_path} is not a student file written by distill-train (no 'net'/'data' config in it)"
+        )
     if cfg.get("data") is None:
         OmegaConf.set_struct(cfg, False)
         cfg.data = OmegaConf.create(checkpoint["data"])

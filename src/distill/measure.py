@@ -32,7 +32,9 @@ def classification_metrics(logits: Tensor, targets: Tensor, reference: Tensor | 
     num_classes = logits.shape[-1]
     metrics = {
         "accuracy": MulticlassAccuracy(num_classes=num_classes, average="micro")(logits, targets).item(),
-        "calibration_error": MulticlassCalibrationError(num_classes=num_classes, n_bins=15)(logits.softmax(-1), targets).item(),
+        "calibration_error": MulticlassCalibrationError(num_classes=num_classes, n_bins=15)(
+            logits.softmax(-1), targets
+        ).item(),
     }
     if reference is not None:
         agree = MulticlassAccuracy(num_classes=num_classes, average="micro")(logits, reference.argmax(-1))

@@ -23,6 +23,7 @@ from distill.losses.base import LossTerm
 from distill.model_cache import cached_model
 from distill.modules import DistillationModule, SupervisedModule
 from distill.report import measure_models, publish_report
+from distill.runtime import tune_cpu_allocator
 from distill.teachers import acquire_teacher, check_teacher_config
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,9 @@ def _wandb_key_available() -> bool:
 
 def make_trainer(cfg: DictConfig, stage: str, epochs: int, loggers: list[Any]) -> L.Trainer:
     """A fresh Trainer for one training stage, with its own callbacks and checkpoint folder."""
-    callbacks = [build(n, f"callback {n._target_}") for n in (cfg.get("callbacks") or {}).values() if n and "_target_" in n]
+    callbacks = [
+        build(n, f"callback {n._target_}") for n in (cfg.get("callbacks") or {}).values() if n and "_target_" in n
+    ]
     for cb in callbacks:
         if isinstance(cb, ModelCheckpoint) and cb.dirpath:
             cb.dirpath = os.path.join(cb.dirpath, stage)
@@ -131,14 +134,16 @@ def train_supervised(cfg: DictConfig, stage: str, fit: DictConfig, dm: ArrayData
     def train(net: nn.Module) -> None:
         optimizer = build(fit.optimizer, f"{stage} optimizer")
         scheduler = build(fit.scheduler, f"{stage} scheduler") if fit.get("scheduler") else None
-        module = SupervisedModule(net, optimizer, dm.num_classes, scheduler, prefix=stage)
+        module = SupervisedModule(net, optimizer, dm.num_classes, scheduler, stage, fit.get("gradient_clip_val"))
         trainer = make_trainer(cfg, stage, fit.epochs, loggers)
-        trainer.fit(module, dm.train_dataloader(), dm.val_dataloader())
+        trainer.fit(module, dm.train_dataloader(fit.get("batch_size")), dm.val_dataloader())
 
     return train
 
 
-def distillation_module(cfg: DictConfig, student: nn.Module, teachers: dict[str, nn.Module], dm: ArrayDataModule) -> DistillationModule:
+def distillation_module(
+    cfg: DictConfig, student: nn.Module, teachers: dict[str, nn.Module], dm: ArrayDataModule
+) -> DistillationModule:
     """The distillation LightningModule of the run's config."""
     fit = cfg.student.fit
     return DistillationModule(
@@ -150,6 +155,7 @@ def distillation_module(cfg: DictConfig, student: nn.Module, teachers: dict[str,
         num_classes=dm.num_classes,
         example_input=dm.tensors["x_train"][:2],
         cache_teacher_outputs=cfg.get("cache_teacher_outputs", True),
+        gradient_clip_val=fit.get("gradient_clip_val"),
     )
 
 
@@ -157,6 +163,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Run the whole job; returns the report."""
     out = Path(cfg.paths.output_dir)
     cache_dir = Path(cfg.paths.cache_dir)
+    tune_cpu_allocator()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if not cfg.get("teacher"):
         raise DistillError("no teacher selected: choose one with teacher=NAME (or several: teacher=[a,b])")
@@ -187,7 +194,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # 4. Distillation.
     module = distillation_module(cfg, student, teachers, dm)
     trainer = make_trainer(cfg, "student", cfg.student.fit.epochs, loggers)
-    trainer.fit(module, dm.distill_dataloader(), dm.val_dataloader())
+    trainer.fit(module, dm.distill_dataloader(cfg.student.fit.get("batch_size")), dm.val_dataloader())
     sources["student"] = "distilled in this run"
     meta = {
         "net": OmegaConf.to_container(cfg.student.net, resolve=True),

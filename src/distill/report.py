@@ -15,7 +15,14 @@ from omegaconf import DictConfig
 from torch import nn
 
 from distill.data.base import ArrayDataModule
-from distill.measure import classification_metrics, count_parameters, flops_per_sample, latency_ms, predict, save_weights
+from distill.measure import (
+    classification_metrics,
+    count_parameters,
+    flops_per_sample,
+    latency_ms,
+    predict,
+    save_weights,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +77,9 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def _columns(rows: list[dict[str, Any]]) -> list[str]:
-    latency = sorted({k for r in rows for k in r if k.startswith("latency_ms_batch_")}, key=lambda k: int(k.rsplit("_", 1)[1]))
+    latency = sorted(
+        {k for r in rows for k in r if k.startswith("latency_ms_batch_")}, key=lambda k: int(k.rsplit("_", 1)[1])
+    )
     keys = [k for k in COLUMNS if any(k in r for r in rows)]
     return keys[:-1] + latency + keys[-1:]
 
@@ -144,7 +153,9 @@ def publish_report(rows: list[dict[str, Any]], out: Path, loggers: list[Any], ti
     report = {"title": title, "models": rows, "summary": summarize(rows)}
     plot(rows, out / "report.png")
     summary = "".join(f"- {k.replace('_', ' ')}: {v:.4f}\n" for k, v in report["summary"].items())
-    _write_atomic(out / "report.md", f"# {title}\n\n{markdown_table(rows)}\n\n{summary}\n![accuracy vs size](report.png)\n")
+    _write_atomic(
+        out / "report.md", f"# {title}\n\n{markdown_table(rows)}\n\n{summary}\n![accuracy vs size](report.png)\n"
+    )
     _write_atomic(out / "report.json", json.dumps(report, indent=2))
     print_table(rows, title)
     for k, v in report["summary"].items():

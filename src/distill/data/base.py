@@ -103,7 +103,9 @@ class ArrayDataModule(L.LightningDataModule):
         self.num_classes = classes
         self.input_shape = tuple(int(d) for d in splits.x_train.shape[1:])
         if self._declared_shape and self._declared_shape != self.input_shape:
-            raise DistillError(f"{self.source}: data.input_shape={list(self._declared_shape)} but samples have shape {list(self.input_shape)}")
+            raise DistillError(
+                f"{self.source}: data.input_shape={list(self._declared_shape)} but samples have shape {list(self.input_shape)}"
+            )
         as_x = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)  # noqa: E731
         as_y = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.long)  # noqa: E731
         self.tensors = {
@@ -118,16 +120,17 @@ class ArrayDataModule(L.LightningDataModule):
     def num_transfer(self) -> int:
         return len(self.tensors["x_transfer"])
 
-    def train_dataloader(self) -> TensorBatches:
+    def train_dataloader(self, batch_size: int | None = None) -> TensorBatches:
+        """The labelled training set, shuffled; `batch_size` defaults to the data config's."""
         t = self.tensors
-        return TensorBatches(t["x_train"], t["y_train"], self.batch_size, shuffle=True, seed=self.seed)
+        return TensorBatches(t["x_train"], t["y_train"], batch_size or self.batch_size, shuffle=True, seed=self.seed)
 
-    def distill_dataloader(self) -> TensorBatches:
-        """Labelled training set followed by the transfer set (targets `UNLABELLED`)."""
+    def distill_dataloader(self, batch_size: int | None = None) -> TensorBatches:
+        """Labelled training set followed by the transfer set (targets `UNLABELLED`), shuffled."""
         t = self.tensors
         x = torch.cat([t["x_train"], t["x_transfer"]])
         y = torch.cat([t["y_train"], torch.full((self.num_transfer,), UNLABELLED, dtype=torch.long)])
-        return TensorBatches(x, y, self.batch_size, shuffle=True, seed=self.seed)
+        return TensorBatches(x, y, batch_size or self.batch_size, shuffle=True, seed=self.seed)
 
     def val_dataloader(self) -> TensorBatches:
         return TensorBatches(self.tensors["x_val"], self.tensors["y_val"], self.eval_batch_size)

@@ -82,7 +82,12 @@ class FileDataModule(ArrayDataModule):
     def _split(self, a: dict[str, np.ndarray]) -> Splits:
         def labels(name: str) -> np.ndarray:
             y = a[name]
-            if y.ndim != 1 or not np.issubdtype(y.dtype, np.number) or not np.isfinite(y).all() or (y != np.round(y)).any():
+            if (
+                y.ndim != 1
+                or not np.issubdtype(y.dtype, np.number)
+                or not np.isfinite(y).all()
+                or (y != np.round(y)).any()
+            ):
                 raise DistillError(f"{self.path}: '{name}' must be a 1-D array of integer class labels")
             return y.astype(np.int64)
 

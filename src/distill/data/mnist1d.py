@@ -58,7 +58,12 @@ class MNIST1DDataModule(ArrayDataModule):
         args.num_samples = -(-total // 10) * 10  # the generator makes the same count of each class
         args.train_split = 1.0
         args.seed = self.generator_seed
-        log.info("Generating MNIST-1D: %d samples (about %.0f s, cached in %s)", args.num_samples, args.num_samples / 4500, path.parent)
+        log.info(
+            "Generating MNIST-1D: %d samples (about %.0f s, cached in %s)",
+            args.num_samples,
+            args.num_samples / 4500,
+            path.parent,
+        )
         data = make_dataset(args)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")

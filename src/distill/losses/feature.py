@@ -19,7 +19,9 @@ def connector(student: Tensor, teacher: Tensor, where: str) -> nn.Module:
     if s == t:
         return nn.Identity()
     if len(s) != len(t) or s[1:] != t[1:] or len(s) > 3:
-        raise DistillError(f"{where}: cannot connect student features of shape {list(s)} to teacher features of shape {list(t)}")
+        raise DistillError(
+            f"{where}: cannot connect student features of shape {list(s)} to teacher features of shape {list(t)}"
+        )
     layer = {1: nn.Linear, 2: nn.Conv1d, 3: nn.Conv2d}[len(s)]
     return layer(s[0], t[0]) if len(s) == 1 else layer(s[0], t[0], kernel_size=1)
 

@@ -20,12 +20,16 @@ class HardLabelLoss(LossTerm):
         self.label_smoothing = label_smoothing
 
     def forward(self, view: StepView) -> Tensor:
-        labelled = view.targets != UNLABELLED
-        if not labelled.any():  # a batch drawn only from the transfer set
-            return view.student_logits.sum() * 0.0
-        return F.cross_entropy(
-            view.student_logits[labelled], view.targets[labelled], label_smoothing=self.label_smoothing
+        # A sum over labelled rows divided by their count (not reduction="mean", which is NaN for
+        # a batch drawn only from the transfer set); no boolean indexing, no host sync.
+        total = F.cross_entropy(
+            view.student_logits,
+            view.targets,
+            ignore_index=UNLABELLED,
+            reduction="sum",
+            label_smoothing=self.label_smoothing,
         )
+        return total / (view.targets != UNLABELLED).sum().clamp(min=1)
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:

@@ -44,8 +44,9 @@ class DistillationModule(ClassifierModule):
         cache_teacher_outputs: bool = True,
         cache_limit_bytes: int = 2**30,
         prefix: str = "student",
+        gradient_clip_val: float | None = None,
     ) -> None:
-        super().__init__(net, optimizer, num_classes, scheduler, prefix)
+        super().__init__(net, optimizer, num_classes, scheduler, prefix, gradient_clip_val)
         if not teachers:
             raise DistillError("distillation needs at least one teacher")
         if not terms:
@@ -65,7 +66,9 @@ class DistillationModule(ClassifierModule):
                 raise DistillError(f"a loss term names teacher '{owner}'; teachers: {', '.join(self.teachers)}")
             teacher_paths[owner] += term.teacher_layers
         self.student_taps = FeatureTaps(net, student_paths, owner="student")
-        self.teacher_taps = {n: FeatureTaps(t, teacher_paths[n], owner=f"teacher '{n}'") for n, t in self.teachers.items()}
+        self.teacher_taps = {
+            n: FeatureTaps(t, teacher_paths[n], owner=f"teacher '{n}'") for n, t in self.teachers.items()
+        }
         self._probe(example_input, num_classes)
 
     # -- teachers follow the module but stay frozen ------------------------------------------
@@ -92,7 +95,9 @@ class DistillationModule(ClassifierModule):
             outputs[name] = {"logits": logits, **self.teacher_taps[name].outputs}
         return outputs
 
-    def _view(self, batch: dict[str, Tensor], student_logits: Tensor, teacher_out: dict[str, dict[str, Tensor]]) -> StepView:
+    def _view(
+        self, batch: dict[str, Tensor], student_logits: Tensor, teacher_out: dict[str, dict[str, Tensor]]
+    ) -> StepView:
         logits = {n: out["logits"] for n, out in teacher_out.items()}
         mean = next(iter(logits.values())) if len(logits) == 1 else torch.stack(list(logits.values())).mean(0)
         return StepView(
@@ -134,6 +139,7 @@ class DistillationModule(ClassifierModule):
         values = {name: term(view) for name, term in self.terms.items()}
         total = sum(self.terms[name].weight * value for name, value in values.items())
         values["loss"] = total
+        self.optimize(total)
         self.accumulate(values)
         return total
 

@@ -13,5 +13,6 @@ class SupervisedModule(ClassifierModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = F.cross_entropy(self(batch["x"]), batch["y"])
+        self.optimize(loss)
         self.accumulate({"loss": loss})
         return loss
