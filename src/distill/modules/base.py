@@ -71,7 +71,7 @@ class ClassifierModule(L.LightningModule):
         if scheduler is not None:
             scheduler.step()
         if self._sums is not None:
-            for name, total in zip(self._names, self._sums / self._steps):
+            for name, total in zip(self._names, self._sums / self._steps, strict=True):
                 self.log(f"{self.prefix}/train/{name}", total, prog_bar=name == "loss", sync_dist=True)
         self._sums, self._steps = None, 0
 
