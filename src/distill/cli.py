@@ -18,6 +18,27 @@ CONFIG_DIR = str(
 )
 
 
+def check_group_choices(argv: list[str], config_dir: str = CONFIG_DIR) -> str | None:
+    """A one-line complaint about the first `group=option` naming no file of a config group, or None.
+
+    Hydra reports the same, but over a dozen lines with its search path; this also covers
+    multi-select (`teacher=[a,b]`) and sweep (`student=a,b`) values.
+    """
+    root = Path(config_dir)
+    for arg in argv:
+        if "=" not in arg or arg.startswith("-"):
+            continue
+        key, value = arg.split("=", 1)
+        group = key.lstrip("+~").split("@", 1)[0]
+        if not group or group.startswith("hydra") or not (root / group).is_dir():
+            continue
+        valid = sorted(p.stem for p in (root / group).glob("*.yaml"))
+        for choice in value.replace("[", ",").replace("]", ",").replace(" ", "").split(","):
+            if choice and choice != "null" and choice not in valid:
+                return f"unknown {group} option '{choice}'; valid options: {', '.join(valid)}"
+    return None
+
+
 def run_task(task: Callable[[Any], Any], cfg: Any) -> Any:
     """Run `task(cfg)`; a `DistillError` becomes one line on stderr and exit status 2."""
     from distill.errors import DistillError

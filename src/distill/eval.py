@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-from distill.cli import CONFIG_DIR, run_task
+from distill.cli import CONFIG_DIR, check_group_choices, run_task
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -36,10 +38,19 @@ def evaluate(cfg: DictConfig) -> dict:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
-def main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
     """Print and write the test metrics, size, latency and FLOPs of a saved student."""
     report = run_task(evaluate, cfg)
     return report["models"][0]["accuracy"] if report else None
+
+
+def main() -> None:
+    """Entry point: refuse unknown config group options in one line, then let Hydra run."""
+    problem = check_group_choices(sys.argv[1:])
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
+    hydra_main()
 
 
 if __name__ == "__main__":

@@ -93,7 +93,11 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
     if any("Wandb" in n._target_ for n in nodes) and not _wandb_key_available():
         os.environ.setdefault("WANDB_MODE", "offline")
         log.info("W&B: no API key found, logging offline (sync later with `wandb sync`)")
-    return [build(n, f"logger {n._target_}") for n in nodes]
+    loggers = [build(n, f"logger {n._target_}") for n in nodes]
+    config = OmegaConf.to_container(cfg, resolve=True)
+    for logger in loggers:
+        logger.log_hyperparams(config)
+    return loggers
 
 
 def _wandb_key_available() -> bool:

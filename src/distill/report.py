@@ -47,7 +47,7 @@ def measure_models(
     """One row per model: test metrics, agreement with the teachers' mean logits, size, latency, FLOPs."""
     logits = {name: predict(model, dm.test_dataloader()) for name, model in models.items()}
     targets = next(iter(logits.values()))[1]
-    reference = torch.stack([logits[n][0] for n in teacher_names]).mean(0)
+    reference = torch.stack([logits[n][0] for n in teacher_names]).mean(0) if teacher_names else None
     example = dm.tensors["x_test"][:1]
     rows = []
     for name, model in models.items():
@@ -176,3 +176,5 @@ def _log_to_loggers(rows: list[dict[str, Any]], summary: dict[str, float], image
             logger.log_image(key="report_plot", images=[str(image)])
         logger.save()
         logger.finalize("success")
+        if type(logger).__name__ == "WandbLogger":
+            logger.experiment.finish()  # writes the run summary; the next run starts a new W&B run

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-from distill.cli import CONFIG_DIR, run_task
+from distill.cli import CONFIG_DIR, check_group_choices, run_task
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
     """Train (or reuse) the teachers and the baseline, distill the student, write the report."""
     from distill.extras import apply_extras  # heavy imports only once the command line is parsed
     from distill.pipeline import run
@@ -18,6 +20,15 @@ def main(cfg: DictConfig) -> float | None:
     report = run_task(run, cfg)
     student = next((r for r in (report or {}).get("models", []) if r["model"] == "student"), None)
     return student["accuracy"] if student else None  # the value a sweeper optimises
+
+
+def main() -> None:
+    """Entry point: refuse unknown config group options in one line, then let Hydra run."""
+    problem = check_group_choices(sys.argv[1:])
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
+    hydra_main()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,124 @@
+"""Every option of every config group composes, and everything it names can be instantiated."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import lightning as L
+import pytest
+import torch
+from omegaconf import OmegaConf, open_dict
+from tests.conftest import compose_config
+
+from distill.cli import CONFIG_DIR
+from distill.losses import LossTerm
+
+GROUPS = [
+    "data",
+    "teacher",
+    "student",
+    "distill",
+    "trainer",
+    "logger",
+    "callbacks",
+    "paths",
+    "debug",
+    "experiment",
+    "extras",
+]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_option_composes(group: str, option: str, tmp_path: Path) -> None:
+    overrides = [f"{group}={option}", f"paths.output_dir={tmp_path}"]
+    if group == "data" and option == "file":
+        overrides.append("data.path=some.npz")
+    cfg = compose_config(overrides)
+    assert cfg.data._target_.startswith("distill.data.")
+    assert cfg.teacher and cfg.distill and cfg.student.net._target_
+    OmegaConf.to_container(cfg.data, resolve=True)  # every interpolation of the data group resolves
+
+
+def test_default_config_is_the_mnist1d_job(tmp_path: Path) -> None:
+    cfg = compose_config([f"paths.output_dir={tmp_path}"])
+    assert cfg.data._target_ == "distill.data.MNIST1DDataModule"
+    assert list(cfg.teacher) == ["cnn"] and list(cfg.distill) == ["hard", "kd"]
+    assert cfg.distill.kd.temperature == 4.0
+    assert "csv" in cfg.logger
+
+
+@pytest.mark.parametrize("option", options("teacher") + options("student"))
+def test_every_network_instantiates_and_predicts(option: str, tmp_path: Path) -> None:
+    group = "teacher" if option in options("teacher") else "student"
+    cfg = compose_config([f"{group}={option}", f"paths.output_dir={tmp_path}"])
+    for data, shape in (("mnist1d", [40]), ("digits", [64])):
+        with open_dict(cfg):
+            cfg.data.input_shape, cfg.data.num_classes = shape, 10
+        node = cfg.teacher[option].net if group == "teacher" else cfg.student.net
+        net = hydra.utils.instantiate(node)
+        assert net(torch.randn(3, *shape)).shape == (3, 10), data
+
+
+@pytest.mark.parametrize("option", options("distill"))
+def test_every_loss_term_instantiates(option: str, tmp_path: Path) -> None:
+    cfg = compose_config([f"distill=[{option}]", f"paths.output_dir={tmp_path}"])
+    term = hydra.utils.instantiate(cfg.distill[option])
+    assert isinstance(term, LossTerm) and term.weight >= 0
+
+
+@pytest.mark.parametrize("option", [o for o in options("trainer") if o != "default"])
+def test_every_trainer_config_is_a_trainer_config(option: str, tmp_path: Path) -> None:
+    cfg = compose_config([f"trainer={option}", f"paths.output_dir={tmp_path}"])
+    assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
+    if cfg.trainer.accelerator == "cpu":  # the others need hardware this machine lacks
+        trainer = hydra.utils.instantiate(cfg.trainer, max_epochs=1, logger=False)
+        assert isinstance(trainer, L.Trainer)
+
+
+@pytest.mark.parametrize("option", options("logger"))
+def test_every_logger_instantiates(option: str, tmp_path: Path) -> None:
+    cfg = compose_config([f"logger={option}", f"paths.output_dir={tmp_path}"])
+    loggers = [hydra.utils.instantiate(n) for n in cfg.logger.values()]
+    assert loggers and all(hasattr(lg, "log_metrics") for lg in loggers)
+
+
+@pytest.mark.parametrize("option", options("callbacks"))
+def test_every_callback_instantiates(option: str, tmp_path: Path) -> None:
+    cfg = compose_config([f"callbacks={option}", f"paths.output_dir={tmp_path}"])
+    callbacks = [hydra.utils.instantiate(n) for n in cfg.callbacks.values()]
+    assert all(isinstance(cb, L.Callback) for cb in callbacks)
+
+
+def test_multi_select_teachers_and_terms(tmp_path: Path) -> None:
+    cfg = compose_config(["teacher=[cnn,cnn_wide]", "distill=[hard,kd,fitnet]", f"paths.output_dir={tmp_path}"])
+    assert list(cfg.teacher) == ["cnn", "cnn_wide"]
+    assert list(cfg.distill) == ["hard", "kd", "fitnet"]
+
+
+def test_any_module_class_can_be_the_student_by_target(tmp_path: Path) -> None:
+    cfg = compose_config(
+        [
+            "data=digits",
+            "student.net._target_=torch.nn.Linear",
+            "~student.net.input_shape",
+            "~student.net.num_classes",
+            "~student.net.hidden",
+            "+student.net.in_features=64",
+            "+student.net.out_features=10",
+            f"paths.output_dir={tmp_path}",
+        ]
+    )
+    net = hydra.utils.instantiate(cfg.student.net)
+    assert isinstance(net, torch.nn.Linear) and net.out_features == 10
+
+
+def test_eval_config_composes(tmp_path: Path) -> None:
+    cfg = compose_config(["ckpt_path=x.ckpt", f"paths.output_dir={tmp_path}"], name="eval")
+    assert cfg.ckpt_path == "x.ckpt" and cfg.get("data") is None
+    cfg = compose_config(["ckpt_path=x.ckpt", "data=digits", f"paths.output_dir={tmp_path}"], name="eval")
+    assert cfg.data._target_ == "distill.data.DigitsDataModule"
