@@ -53,6 +53,8 @@ def state_dict_of(
     state = checkpoint.get("state_dict", checkpoint)
     if not isinstance(state, dict):
         raise DistillError("checkpoint holds no state_dict")
+    if checkpoint.get("format") == FORMAT:  # our own files hold the bare network
+        return state
     for prefix in prefixes:
         if state and all(k.startswith(prefix) for k in state if not k.startswith("terms.")):
             return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}

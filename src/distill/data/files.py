@@ -63,7 +63,7 @@ class FileDataModule(ArrayDataModule):
         return arrays
 
     def _read_csv(self) -> dict[str, np.ndarray]:
-        with open(self.path, encoding="utf-8", errors="replace") as f:
+        with open(self.path, encoding="utf-8-sig", errors="replace") as f:  # -sig: Excel writes a BOM
             header = f.readline().strip().split(",")
         header = [h.strip() for h in header]
         if self.label_column not in header:
@@ -89,6 +89,8 @@ class FileDataModule(ArrayDataModule):
                 or (y != np.round(y)).any()
             ):
                 raise DistillError(f"{self.path}: '{name}' must be a 1-D array of integer class labels")
+            if (y < 0).any():
+                raise DistillError(f"{self.path}: labels in '{name}' must be >= 0, found {int(y.min())}")
             return y.astype(np.int64)
 
         transfer = a.get("x_transfer")
