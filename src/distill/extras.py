@@ -10,7 +10,11 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger(__name__)
 
 # Lightning's advice for multi-worker DataLoaders does not apply to in-memory tensor batches.
-QUIET = ("The '.*dataloader' does not have many workers", ".*does not have many workers.*", ".*LeafSpec.*")
+QUIET = (
+    ".*does not have many workers.*",
+    ".*LeafSpec.*",
+    ".*smaller than the logging interval.*",  # train metrics are logged once per epoch anyway
+)
 
 
 def apply_extras(cfg: DictConfig) -> None:
