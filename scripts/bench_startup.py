@@ -25,7 +25,7 @@ def main() -> None:
     exe = shutil.which("distill-train")
     if exe is None:
         raise SystemExit("distill-train is not on PATH: pip install -e . first")
-    for extra in (["--help"], ["--cfg", "job"], ["--cfg", "job", "data=digits", "teacher=[cnn,cnn_wide]"]):
+    for extra in (["--help"], ["--cfg", "job"], ["--cfg", "job", "data=digits", "teacher=[cnn,cnn_small]"]):
         times = [timed([exe, *extra]) for _ in range(args.runs)]
         print(
             f"distill-train {' '.join(extra):45s} median {statistics.median(times):.3f} s (min {min(times):.3f}, max {max(times):.3f})"

@@ -95,8 +95,8 @@ def test_every_callback_instantiates(option: str, tmp_path: Path) -> None:
 
 
 def test_multi_select_teachers_and_terms(tmp_path: Path) -> None:
-    cfg = compose_config(["teacher=[cnn,cnn_wide]", "distill=[hard,kd,fitnet]", f"paths.output_dir={tmp_path}"])
-    assert list(cfg.teacher) == ["cnn", "cnn_wide"]
+    cfg = compose_config(["teacher=[cnn,cnn_small]", "distill=[hard,kd,fitnet]", f"paths.output_dir={tmp_path}"])
+    assert list(cfg.teacher) == ["cnn", "cnn_small"]
     assert list(cfg.distill) == ["hard", "kd", "fitnet"]
 
 

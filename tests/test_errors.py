@@ -31,7 +31,7 @@ def test_unknown_group_option_lists_the_valid_ones(tmp_path: Path) -> None:
 def test_unknown_option_in_a_multi_select_or_sweep() -> None:
     assert "unknown teacher option 'resnet'" in check_group_choices(["teacher=[cnn,resnet]"])
     assert "unknown distill option 'crd'" in check_group_choices(["-m", "distill=[kd],[crd]"])
-    assert check_group_choices(["teacher=[cnn,cnn_wide]", "student.net.hidden=[1,2]", "hydra/launcher=basic"]) is None
+    assert check_group_choices(["teacher=[cnn,cnn_small]", "student.net.hidden=[1,2]", "hydra/launcher=basic"]) is None
 
 
 def test_missing_checkpoint(tmp_path: Path) -> None:
