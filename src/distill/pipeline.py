@@ -159,6 +159,7 @@ def distillation_module(
         num_classes=dm.num_classes,
         example_input=dm.tensors["x_train"][:2],
         cache_teacher_outputs=cfg.get("cache_teacher_outputs", True),
+        num_samples=len(dm.tensors["x_train"]) + dm.num_transfer,
         gradient_clip_val=fit.get("gradient_clip_val"),
     )
 

@@ -21,8 +21,12 @@ class StepView:
     student_features: Mapping[str, Tensor]  # by module path
     teacher_features: Mapping[str, Mapping[str, Tensor]]  # teacher name -> module path -> tensor
     targets: Tensor  # class labels; UNLABELLED (-1) for transfer-set samples
-    index: Tensor  # row of each sample in the training set
+    index: Tensor | None  # row of each sample in the training set (None if the data gives none)
     epoch: int
+    num_samples: int | None = None  # rows in the training set that `index` ranges over
+    # Per-sample weights over the teachers ([batch, teachers], rows sum to 1, teachers in the
+    # order of `teachers_logits`) set by a multi-teacher strategy; None means uniform.
+    teacher_weights: Tensor | None = None
 
 
 class LossTerm(nn.Module):
@@ -35,12 +39,22 @@ class LossTerm(nn.Module):
 
     student_layers: tuple[str, ...] = ()
     teacher_layers: tuple[str, ...] = ()
+    teacher: str | None = None  # whose `teacher_layers` are tapped; the first teacher when None
 
     def __init__(self, weight: float = 1.0) -> None:
         super().__init__()
         if not math.isfinite(weight) or weight < 0:
             raise DistillError(f"{type(self).__name__}: weight must be a finite number >= 0, got {weight}")
         self.weight = float(weight)
+
+    def feature_pair(self, view: StepView, i: int = 0) -> tuple[Tensor, Tensor]:
+        """The `i`-th (student layer, teacher layer) feature pair of this term in `view`."""
+        name = self.teacher or next(iter(view.teacher_features))
+        if name not in view.teacher_features:
+            raise DistillError(
+                f"{type(self).__name__}: no teacher named '{name}'; teachers: {', '.join(view.teacher_features)}"
+            )
+        return view.student_features[self.student_layers[i]], view.teacher_features[name][self.teacher_layers[i]]
 
     def build(self, view: StepView) -> None:
         """Create parameters that depend on feature shapes; `view` comes from a probe batch."""

@@ -35,17 +35,11 @@ class FitNetLoss(LossTerm):
         self.teacher = teacher
         self.connector: nn.Module = nn.Identity()
 
-    def _pair(self, view: StepView) -> tuple[Tensor, Tensor]:
-        name = self.teacher or next(iter(view.teacher_features))
-        if name not in view.teacher_features:
-            raise DistillError(f"fitnet: no teacher named '{name}'; teachers: {', '.join(view.teacher_features)}")
-        return view.student_features[self.student_layers[0]], view.teacher_features[name][self.teacher_layers[0]]
-
     def build(self, view: StepView) -> None:
-        s, t = self._pair(view)
+        s, t = self.feature_pair(view)
         where = f"fitnet ({self.student_layers[0]} -> {self.teacher_layers[0]})"
         self.connector = connector(s, t, where)
 
     def forward(self, view: StepView) -> Tensor:
-        s, t = self._pair(view)
+        s, t = self.feature_pair(view)
         return F.mse_loss(self.connector(s), t)

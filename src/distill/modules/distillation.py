@@ -43,6 +43,7 @@ class DistillationModule(ClassifierModule):
         scheduler: SchedulerFactory | None = None,
         cache_teacher_outputs: bool = True,
         cache_limit_bytes: int = 2**30,
+        num_samples: int | None = None,
         prefix: str = "student",
         gradient_clip_val: float | None = None,
     ) -> None:
@@ -55,6 +56,7 @@ class DistillationModule(ClassifierModule):
         self.terms = nn.ModuleDict(terms)
         self.cache_teacher_outputs, self.cache_limit_bytes = cache_teacher_outputs, cache_limit_bytes
         self._cache: dict[str, dict[str, Tensor]] | None = None
+        self.num_samples = num_samples
         self.val_agreement = MulticlassAccuracy(num_classes=num_classes, average="micro")
 
         first = next(iter(self.teachers))
@@ -107,8 +109,9 @@ class DistillationModule(ClassifierModule):
             student_features=dict(self.student_taps.outputs),
             teacher_features={n: {k: v for k, v in out.items() if k != "logits"} for n, out in teacher_out.items()},
             targets=batch["y"],
-            index=batch["index"],
+            index=batch.get("index"),
             epoch=self.current_epoch,
+            num_samples=self.num_samples,
         )
 
     def _probe(self, x: Tensor, num_classes: int) -> None:
@@ -131,7 +134,7 @@ class DistillationModule(ClassifierModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         student_logits = self.net(batch["x"])
-        if self._cache is not None:
+        if self._cache is not None and "index" in batch:
             teacher_out = {n: {k: v[batch["index"]] for k, v in d.items()} for n, d in self._cache.items()}
         else:
             teacher_out = self._run_teachers(batch["x"])
