@@ -146,7 +146,7 @@ def train_supervised(cfg: DictConfig, stage: str, fit: DictConfig, dm: ArrayData
 
 
 def distillation_module(
-    cfg: DictConfig, student: nn.Module, teachers: dict[str, nn.Module], dm: ArrayDataModule
+    cfg: DictConfig, student: nn.Module, teachers: dict[str, nn.Module], dm: ArrayDataModule, prefix: str = "student"
 ) -> DistillationModule:
     """The distillation LightningModule of the run's config."""
     fit = cfg.student.fit
@@ -160,8 +160,51 @@ def distillation_module(
         example_input=dm.tensors["x_train"][:2],
         cache_teacher_outputs=cfg.get("cache_teacher_outputs", True),
         num_samples=len(dm.tensors["x_train"]) + dm.num_transfer,
+        multi_teacher=cfg.get("multi_teacher", "mean_logits"),
+        prefix=prefix,
         gradient_clip_val=fit.get("gradient_clip_val"),
     )
+
+
+def distill(
+    cfg: DictConfig,
+    dm: ArrayDataModule,
+    student: nn.Module,
+    teachers: dict[str, nn.Module],
+    loggers: list[Any],
+    stage: str,
+) -> L.Trainer:
+    """Train `student` from `teachers` with the `distill` terms and the student's fit recipe."""
+    module = distillation_module(cfg, student, teachers, dm, prefix=stage)
+    trainer = make_trainer(cfg, stage, cfg.student.fit.epochs, loggers)
+    trainer.fit(module, dm.distill_dataloader(cfg.student.fit.get("batch_size")), dm.val_dataloader())
+    return trainer
+
+
+def born_again(
+    cfg: DictConfig, dm: ArrayDataModule, baseline: nn.Module, loggers: list[Any]
+) -> tuple[dict[str, nn.Module], nn.Module, list[str]]:
+    """Born-Again Networks (Furlanello et al. 2018): self-distillation over generations.
+
+    Generation k is the student architecture distilled from generation k-1; generation 0 is
+    the baseline, trained on the labels. With `born_again.ensemble`, the final student learns
+    from all generations at once (their combination set by `multi_teacher`). Returns the
+    generations, the final student and the names of its teachers.
+    """
+    generations = cfg.born_again.generations
+    models = {"baseline": baseline}
+    previous = "baseline"
+    for k in range(1, generations + 1):
+        net = build_net(cfg.student.net, "student", cfg.seed + k)  # each generation starts afresh
+        distill(cfg, dm, net, {previous: models[previous]}, loggers, stage=f"gen{k}")
+        models[f"gen{k}"] = net
+        previous = f"gen{k}"
+    if cfg.born_again.get("ensemble"):
+        student = build_net(cfg.student.net, "student", cfg.seed + generations + 1)
+        distill(cfg, dm, student, dict(models), loggers, stage="student")
+        return models, student, list(models)
+    student = models.pop(previous)
+    return models, student, [f"gen{generations - 1}" if generations > 1 else "baseline"]
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -170,24 +213,27 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     cache_dir = Path(cfg.paths.cache_dir)
     tune_cpu_allocator()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    if not cfg.get("teacher"):
-        raise DistillError("no teacher selected: choose one with teacher=NAME (or several: teacher=[a,b])")
+    teacher_cfgs = cfg.get("teacher") or {}
+    generations = (cfg.get("born_again") or {}).get("generations", 0)
+    if generations and teacher_cfgs:
+        raise DistillError("born_again trains its own teachers (the student's generations): run it with teacher=[]")
 
     # 1. Everything that can be checked without training is checked first.
     dm = build_data(cfg)
-    teachers = {name: build_net(t.net, f"teacher '{name}'", cfg.seed) for name, t in cfg.teacher.items()}
-    for name, tcfg in cfg.teacher.items():
+    teachers = {name: build_net(t.net, f"teacher '{name}'", cfg.seed) for name, t in teacher_cfgs.items()}
+    for name, tcfg in teacher_cfgs.items():
         check_teacher_config(name, tcfg)
     student = build_net(cfg.student.net, "student", cfg.seed)
-    distillation_module(cfg, copy.deepcopy(student), copy.deepcopy(teachers), dm)  # dry run: shapes, layers
+    dry_teachers = {"baseline": copy.deepcopy(student)} if generations else copy.deepcopy(teachers)
+    distillation_module(cfg, copy.deepcopy(student), dry_teachers, dm)  # dry run: shapes, layers, classes
     loggers = build_loggers(cfg)
 
     # 2. Teachers: checkpoint, or trained once and cached.
     sources = {}
-    for name, tcfg in cfg.teacher.items():
+    for name, tcfg in teacher_cfgs.items():
         payload = fit_payload(cfg, "teacher", tcfg.net, tcfg.fit)
         train = train_supervised(cfg, f"teacher_{name}", tcfg.fit, dm, loggers)
-        sources[name] = acquire_teacher(name, tcfg, teachers[name], train, cache_dir, payload)
+        sources[f"teacher:{name}"] = acquire_teacher(name, tcfg, teachers[name], train, cache_dir, payload)
 
     # 3. Baseline: the same student architecture trained on the labels alone.
     baseline = build_net(cfg.student.net, "student", cfg.seed)
@@ -196,24 +242,35 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     path, reused = cached_model(cache_dir, "baseline", payload, baseline, train)
     sources["baseline"] = f"cache {path.name}" if reused else f"trained, cached as {path.name}"
 
-    # 4. Distillation.
-    module = distillation_module(cfg, student, teachers, dm)
-    trainer = make_trainer(cfg, "student", cfg.student.fit.epochs, loggers)
-    trainer.fit(module, dm.distill_dataloader(cfg.student.fit.get("batch_size")), dm.val_dataloader())
+    # 4. Distillation (from the teachers, or from the student's own earlier generations).
+    if generations:
+        models, student, teacher_names = born_again(cfg, dm, baseline, loggers)
+        sources.update({name: "born-again generation" for name in models if name != "baseline"})
+    else:
+        distill(cfg, dm, student, teachers, loggers, stage="student")
+        models = {**{f"teacher:{n}": t for n, t in teachers.items()}, "baseline": baseline}
+        teacher_names = [f"teacher:{n}" for n in teachers]
     sources["student"] = "distilled in this run"
+    if not is_global_zero():
+        return {}
     meta = {
         "net": OmegaConf.to_container(cfg.student.net, resolve=True),
         "data": OmegaConf.to_container(cfg.data, resolve=True),
         "num_classes": dm.num_classes,
     }
-    if trainer.is_global_zero:
-        save_model(out / "student.ckpt", student, **meta)
+    save_model(out / "student.ckpt", student, **meta)
 
     # 5. Every model measured the same way.
-    if not trainer.is_global_zero:
-        return {}
-    models = {**{f"teacher:{n}": t for n, t in teachers.items()}, "baseline": baseline, "student": student}
-    rows = measure_models(models, dm, out / "models", cfg.report, teacher_names=[f"teacher:{n}" for n in teachers])
+    rows = measure_models({**models, "student": student}, dm, out / "models", cfg.report, teacher_names=teacher_names)
     for row in rows:
-        row["source"] = sources.get(row["model"].removeprefix("teacher:"), "")
-    return publish_report(rows, out, loggers, title=f"{cfg.task_name}: {', '.join(teachers)} → student")
+        row["source"] = sources.get(row["model"], "")
+    title = f"{cfg.task_name}: {', '.join(teacher_names) or 'no teacher'} → student"
+    return publish_report(rows, out, loggers, title=title)
+
+
+def is_global_zero() -> bool:
+    """True outside distributed runs and on the rank-0 process of one."""
+    return (
+        not (torch.distributed.is_available() and torch.distributed.is_initialized())
+        or torch.distributed.get_rank() == 0
+    )

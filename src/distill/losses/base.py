@@ -16,7 +16,9 @@ class StepView:
     """A read-only view of one distillation step, handed to every loss term."""
 
     student_logits: Tensor
-    teacher_logits: Tensor  # mean of the teachers' logits; the one teacher's when there is one
+    # The teachers' combined prediction (the one teacher's logits when there is one; see
+    # distill.losses.multi_teacher for several); None in a run without teachers.
+    teacher_logits: Tensor | None
     teachers_logits: Mapping[str, Tensor]  # per teacher, by name
     student_features: Mapping[str, Tensor]  # by module path
     teacher_features: Mapping[str, Mapping[str, Tensor]]  # teacher name -> module path -> tensor
@@ -40,6 +42,7 @@ class LossTerm(nn.Module):
     student_layers: tuple[str, ...] = ()
     teacher_layers: tuple[str, ...] = ()
     teacher: str | None = None  # whose `teacher_layers` are tapped; the first teacher when None
+    needs_teacher: bool = True  # False for self-distillation terms that run without a teacher
 
     def __init__(self, weight: float = 1.0) -> None:
         super().__init__()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 
 import torch
@@ -10,6 +11,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from distill.errors import DistillError
 from distill.losses.base import LossTerm, StepView
+from distill.losses.multi_teacher import check_strategy, confidence_weights, entropy_weights, mixture_logits
 from distill.modules.base import ClassifierModule, OptimizerFactory, SchedulerFactory
 from distill.taps import FeatureTaps
 
@@ -30,6 +32,12 @@ class DistillationModule(ClassifierModule):
     the module across devices (`_apply`) and stay in eval mode (`train`). When the training
     inputs carry no randomness, each teacher's outputs are computed once per run and looked up
     by sample index afterwards.
+
+    With several teachers, `multi_teacher` picks how they combine (see
+    `distill.losses.multi_teacher`): `mean_logits` (KD-type terms see the mean of the logits),
+    `mean_losses` (each logit-based term is computed against every teacher and averaged),
+    `entropy_weighted` and `ca_mkd` (per-sample weights over the teachers). A run may have no
+    teacher at all when every term is self-contained (`needs_teacher = False`).
     """
 
     def __init__(
@@ -44,14 +52,19 @@ class DistillationModule(ClassifierModule):
         cache_teacher_outputs: bool = True,
         cache_limit_bytes: int = 2**30,
         num_samples: int | None = None,
+        multi_teacher: str = "mean_logits",
         prefix: str = "student",
         gradient_clip_val: float | None = None,
     ) -> None:
         super().__init__(net, optimizer, num_classes, scheduler, prefix, gradient_clip_val)
-        if not teachers:
-            raise DistillError("distillation needs at least one teacher")
         if not terms:
             raise DistillError("distillation needs at least one loss term (distill=[...])")
+        needy = [name for name, term in terms.items() if term.needs_teacher]
+        if not teachers and needy:
+            raise DistillError(
+                f"distillation needs at least one teacher for the terms {', '.join(needy)} (teacher=NAME)"
+            )
+        self.multi_teacher = check_strategy(multi_teacher)
         self.teachers = {name: freeze(t) for name, t in teachers.items()}
         self.terms = nn.ModuleDict(terms)
         self.cache_teacher_outputs, self.cache_limit_bytes = cache_teacher_outputs, cache_limit_bytes
@@ -59,11 +72,13 @@ class DistillationModule(ClassifierModule):
         self.num_samples = num_samples
         self.val_agreement = MulticlassAccuracy(num_classes=num_classes, average="micro")
 
-        first = next(iter(self.teachers))
+        first = next(iter(self.teachers), None)
         student_paths = [p for term in terms.values() for p in term.student_layers]
         teacher_paths: dict[str, list[str]] = {name: [] for name in self.teachers}
         for term in terms.values():
-            owner = getattr(term, "teacher", None) or first
+            owner = term.teacher or first
+            if not term.teacher_layers and owner is None:
+                continue
             if owner not in self.teachers:
                 raise DistillError(f"a loss term names teacher '{owner}'; teachers: {', '.join(self.teachers)}")
             teacher_paths[owner] += term.teacher_layers
@@ -101,11 +116,24 @@ class DistillationModule(ClassifierModule):
         self, batch: dict[str, Tensor], student_logits: Tensor, teacher_out: dict[str, dict[str, Tensor]]
     ) -> StepView:
         logits = {n: out["logits"] for n, out in teacher_out.items()}
-        mean = next(iter(logits.values())) if len(logits) == 1 else torch.stack(list(logits.values())).mean(0)
+        weights, target = None, None
+        if len(logits) == 1:
+            target = next(iter(logits.values()))
+        elif self.multi_teacher in ("entropy_weighted", "ca_mkd"):
+            listed = list(logits.values())
+            weights = (
+                entropy_weights(listed)
+                if self.multi_teacher == "entropy_weighted"
+                else confidence_weights(listed, batch["y"])
+            )
+            target = mixture_logits(listed, weights)
+        elif logits:
+            target = torch.stack(list(logits.values())).mean(0)
         return StepView(
             student_logits=student_logits,
-            teacher_logits=mean,
+            teacher_logits=target,
             teachers_logits=logits,
+            teacher_weights=weights,
             student_features=dict(self.student_taps.outputs),
             teacher_features={n: {k: v for k, v in out.items() if k != "logits"} for n, out in teacher_out.items()},
             targets=batch["y"],
@@ -139,20 +167,31 @@ class DistillationModule(ClassifierModule):
         else:
             teacher_out = self._run_teachers(batch["x"])
         view = self._view(batch, student_logits, teacher_out)
-        values = {name: term(view) for name, term in self.terms.items()}
+        values = {name: self._term_value(term, view) for name, term in self.terms.items()}
         total = sum(self.terms[name].weight * value for name, value in values.items())
         values["loss"] = total
         self.optimize(total)
         self.accumulate(values)
         return total
 
+    def _term_value(self, term: LossTerm, view: StepView) -> Tensor:
+        """The term on `view`; under `mean_losses`, averaged over one view per teacher."""
+        if self.multi_teacher != "mean_losses" or len(view.teachers_logits) < 2 or term.teacher_layers:
+            return term(view)
+        per_teacher = [
+            term(dataclasses.replace(view, teacher_logits=z, teachers_logits={n: z}, teacher_weights=None))
+            for n, z in view.teachers_logits.items()
+        ]
+        return torch.stack(per_teacher).mean()
+
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         logits = self(batch["x"])
-        teacher = self._view(batch, logits, self._run_teachers(batch["x"])).teacher_logits
         self.val_acc(logits, batch["y"])
-        self.val_agreement(logits, teacher.argmax(-1))
         self.log(f"{self.prefix}/val/acc", self.val_acc, prog_bar=True)
-        self.log(f"{self.prefix}/val/agreement", self.val_agreement)
+        if self.teachers:
+            teacher = self._view(batch, logits, self._run_teachers(batch["x"])).teacher_logits
+            self.val_agreement(logits, teacher.argmax(-1))
+            self.log(f"{self.prefix}/val/agreement", self.val_agreement)
 
     # -- teacher outputs computed once -----------------------------------------------------
     def on_train_start(self) -> None:
@@ -161,6 +200,8 @@ class DistillationModule(ClassifierModule):
             self._cache = None
             return
         x = loader.x
+        if not self.teachers:
+            return
         probe = self._run_teachers(x[:1].to(self.device))
         row_bytes = sum(v.numel() * v.element_size() for out in probe.values() for v in out.values())
         if row_bytes * len(x) > self.cache_limit_bytes:
