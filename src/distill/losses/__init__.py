@@ -2,6 +2,16 @@
 
 from distill.losses.base import LossTerm, StepView
 from distill.losses.feature import FitNetLoss
-from distill.losses.response import HardLabelLoss, KDLoss, kd_loss
+from distill.losses.response import DISTLoss, DKDLoss, HardLabelLoss, KDLoss, kd_loss, standardize
 
-__all__ = ["FitNetLoss", "HardLabelLoss", "KDLoss", "LossTerm", "StepView", "kd_loss"]
+__all__ = [
+    "DISTLoss",
+    "DKDLoss",
+    "FitNetLoss",
+    "HardLabelLoss",
+    "KDLoss",
+    "LossTerm",
+    "StepView",
+    "kd_loss",
+    "standardize",
+]
