@@ -24,7 +24,7 @@ from distill.cli import CONFIG_DIR
 from distill.data.base import UNLABELLED
 from distill.extras import QUIET
 from distill.pipeline import build, build_data, build_net, distillation_module, make_trainer
-from distill.runtime import tune_cpu_allocator
+from distill.runtime import flush_denormals, tune_cpu_allocator
 
 
 class EpochTimer(Callback):
@@ -107,7 +107,8 @@ def main() -> None:
         cfg = compose(
             "train", overrides=["paths.output_dir=logs/bench/overhead", *args.overrides], return_hydra_config=False
         )
-    tune_cpu_allocator()  # as distill-train does; applies to both sides alike
+    tune_cpu_allocator()
+    flush_denormals()  # as distill-train does; applies to both sides alike
     dm = build_data(cfg)
     teachers = {n: build_net(t.net, n, cfg.seed) for n, t in cfg.teacher.items()}
     light, hand = [], []

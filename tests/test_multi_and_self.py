@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.conftest import compose_config, tiny_job
 
 from distill.errors import DistillError
 from distill.losses import HardLabelLoss, KDLoss
@@ -18,7 +19,6 @@ from distill.losses.self_distill import AuxiliaryHeadsLoss
 from distill.modules import DistillationModule
 from distill.nets import MLP
 from distill.pipeline import run
-from tests.conftest import compose_config, tiny_job
 
 A = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]])
 B = torch.tensor([[0.0, 1.0, 0.0], [3.0, -1.0, 0.0]])
@@ -108,7 +108,9 @@ def test_each_strategy_gives_the_documented_kd_target(strategy: str) -> None:
 
 def test_auxiliary_heads_loss_by_its_formula() -> None:
     torch.manual_seed(0)
-    term = AuxiliaryHeadsLoss(layers=["features.2"], deepest_layer="features", alpha=0.3, temperature=2.0, feature_weight=0.5)
+    term = AuxiliaryHeadsLoss(
+        layers=["features.2"], deepest_layer="features", alpha=0.3, temperature=2.0, feature_weight=0.5
+    )
     module = module_with("mean_logits", {}, {"byot": term, "hard": HardLabelLoss()})
     assert term.heads[0].weight.shape == (3, 8) and term.bottlenecks[0][0].weight.shape == (8, 8)
     x, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, -1, -1])

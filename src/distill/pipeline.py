@@ -23,7 +23,7 @@ from distill.losses.base import LossTerm
 from distill.model_cache import cached_model
 from distill.modules import DistillationModule, SupervisedModule
 from distill.report import measure_models, publish_report
-from distill.runtime import tune_cpu_allocator
+from distill.runtime import flush_denormals, tune_cpu_allocator
 from distill.teachers import acquire_teacher, check_teacher_config
 
 log = logging.getLogger(__name__)
@@ -212,6 +212,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.paths.output_dir)
     cache_dir = Path(cfg.paths.cache_dir)
     tune_cpu_allocator()
+    flush_denormals()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     teacher_cfgs = cfg.get("teacher") or {}
     generations = (cfg.get("born_again") or {}).get("generations", 0)

@@ -115,7 +115,7 @@ class RKDLoss(RelationLoss):
         weight: float = 1.0,
         distance_weight: float = 25.0,
         angle_weight: float = 50.0,
-        max_samples: int | None = 128,
+        max_samples: int | None = 64,
     ) -> None:
         super().__init__(student_layer, teacher_layer, teacher, weight, max_samples)
         self.distance_weight = _number(distance_weight, "distance_weight", "rkd")
