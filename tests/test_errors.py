@@ -30,7 +30,7 @@ def test_unknown_group_option_lists_the_valid_ones(tmp_path: Path) -> None:
 
 def test_unknown_option_in_a_multi_select_or_sweep() -> None:
     assert "unknown teacher option 'resnet'" in check_group_choices(["teacher=[cnn,resnet]"])
-    assert "unknown distill option 'crd'" in check_group_choices(["-m", "distill=[kd],[crd]"])
+    assert "unknown distill option 'mixup'" in check_group_choices(["-m", "distill=[kd],[mixup]"])
     assert check_group_choices(["teacher=[cnn,cnn_small]", "student.net.hidden=[1,2]", "hydra/launcher=basic"]) is None
 
 
@@ -103,3 +103,25 @@ def test_a_good_user_file_runs(tmp_path: Path) -> None:
     result = run_cli(overrides, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "run" / "report.json").exists()
+
+
+def test_teachers_with_different_class_counts(tmp_path: Path) -> None:
+    fails_cleanly(
+        tmp_path,
+        "teacher=[mlp_large,cnn_small]",
+        "teacher.cnn_small.net._target_=distill.nets.MLP",
+        "~teacher.cnn_small.net.channels",
+        "~teacher.cnn_small.net.kernel_size",
+        "teacher.cnn_small.net.num_classes=7",
+        expect="teacher 'cnn_small' predicts 7",
+    )
+
+
+def test_crd_without_sample_indices_is_refused() -> None:
+    from tests.test_losses_contrastive import make_view
+
+    from distill.errors import DistillError
+    from distill.losses import CRDLoss
+
+    with pytest.raises(DistillError, match="CRD needs sample indices from the data module"):
+        CRDLoss("s", "t", embed_dim=8, num_negatives=5).build(make_view(num_samples=None))

@@ -167,3 +167,11 @@ def test_no_teacher_or_no_term_is_refused() -> None:
         distiller({})
     with pytest.raises(DistillError, match="at least one loss term"):
         distiller({"cnn": ConvNet1d((40,), 10)}, terms={})
+
+
+def test_teacher_outputs_are_cached_under_bf16_true_precision() -> None:
+    module = distiller({"cnn": ConvNet1d((40,), 10)})
+    t = trainer(max_epochs=1, precision="bf16-true")
+    t.fit(module, data(unlabelled=100))
+    assert torch.isfinite(t.callback_metrics["student/train/kd"])
+    assert next(module.net.parameters()).dtype == torch.bfloat16
