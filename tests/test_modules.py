@@ -175,3 +175,22 @@ def test_teacher_outputs_are_cached_under_bf16_true_precision() -> None:
     t.fit(module, data(unlabelled=100))
     assert torch.isfinite(t.callback_metrics["student/train/kd"])
     assert next(module.net.parameters()).dtype == torch.bfloat16
+
+
+def test_validation_uses_the_teachers_cached_predictions() -> None:
+    teacher = ConvNet1d((40,), 10).eval()
+    module = distiller({"cnn": teacher})
+    val = data(n=100)
+    seen = []
+
+    class Check(L.Callback):
+        def on_validation_end(self, trainer, pl_module):
+            seen.append(pl_module._val_teacher.clone())
+
+    t = trainer(max_epochs=2, callbacks=[Check()], num_sanity_val_steps=0)
+    t.fit(module, data(unlabelled=100), val)
+    assert len(seen) == 2 and torch.equal(seen[0], seen[1])
+    assert torch.allclose(seen[0], teacher(val.x), atol=1e-5)
+    assert module._val_teacher is None  # dropped when training ends
+    agreement = (module.net(val.x).argmax(-1) == teacher(val.x).argmax(-1)).float().mean()
+    assert t.callback_metrics["student/val/agreement"].item() == pytest.approx(agreement.item(), abs=1e-6)

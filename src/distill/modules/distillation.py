@@ -69,6 +69,7 @@ class DistillationModule(ClassifierModule):
         self.terms = nn.ModuleDict(terms)
         self.cache_teacher_outputs, self.cache_limit_bytes = cache_teacher_outputs, cache_limit_bytes
         self._cache: dict[str, dict[str, Tensor]] | None = None
+        self._val_teacher: Tensor | None = None  # the teachers' combined logits on the validation set
         self.num_samples = num_samples
         self.val_agreement = MulticlassAccuracy(num_classes=num_classes, average="micro")
 
@@ -95,6 +96,8 @@ class DistillationModule(ClassifierModule):
             teacher._apply(fn, recurse)
         if self._cache is not None:
             self._cache = {n: {k: fn(v) for k, v in d.items()} for n, d in self._cache.items()}
+        if self._val_teacher is not None:
+            self._val_teacher = fn(self._val_teacher)
         return self
 
     def train(self, mode: bool = True) -> DistillationModule:
@@ -189,11 +192,27 @@ class DistillationModule(ClassifierModule):
         self.val_acc(logits, batch["y"])
         self.log(f"{self.prefix}/val/acc", self.val_acc, prog_bar=True)
         if self.teachers:
-            teacher = self._view(batch, logits, self._run_teachers(batch["x"])).teacher_logits
+            if self._val_teacher is not None and "index" in batch:
+                teacher = self._val_teacher[batch["index"]]
+            else:
+                teacher = self._view(batch, logits, self._run_teachers(batch["x"])).teacher_logits
             self.val_agreement(logits, teacher.argmax(-1))
             self.log(f"{self.prefix}/val/agreement", self.val_agreement)
 
     # -- teacher outputs computed once -----------------------------------------------------
+    def on_validation_start(self) -> None:
+        """The teachers' validation predictions never change: compute them at the first validation."""
+        loader = self.trainer.val_dataloaders
+        if not self.teachers or self._val_teacher is not None or not getattr(loader, "deterministic", False):
+            return
+        convert = self.trainer.precision_plugin.convert_input
+        chunks = []
+        for start in range(0, len(loader.x), 4096):
+            x = convert(loader.x[start : start + 4096].to(self.device))
+            y = loader.y[start : start + 4096].to(self.device)
+            chunks.append(self._view({"y": y}, x, self._run_teachers(x)).teacher_logits)
+        self._val_teacher = torch.cat(chunks)
+
     def on_train_start(self) -> None:
         loader = self.trainer.train_dataloader
         if not self.cache_teacher_outputs or not getattr(loader, "deterministic", False):
@@ -216,4 +235,4 @@ class DistillationModule(ClassifierModule):
         self._cache = {n: {k: torch.cat(v) for k, v in d.items()} for n, d in chunks.items()}
 
     def on_train_end(self) -> None:
-        self._cache = None
+        self._cache = self._val_teacher = None
