@@ -1,0 +1,1 @@
+"""Compression stages run after distillation (`compress=[...]`), one file per stage family."""
