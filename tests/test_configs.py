@@ -19,6 +19,7 @@ GROUPS = [
     "teacher",
     "student",
     "distill",
+    "compress",
     "trainer",
     "logger",
     "callbacks",
@@ -123,3 +124,10 @@ def test_eval_config_composes(tmp_path: Path) -> None:
     assert cfg.ckpt_path == "x.ckpt" and cfg.get("data") is None
     cfg = compose_config(["ckpt_path=x.ckpt", "data=digits", f"paths.output_dir={tmp_path}"], name="eval")
     assert cfg.data._target_ == "distill.data.DigitsDataModule"
+
+
+@pytest.mark.parametrize("option", options("compress"))
+def test_every_compression_stage_instantiates(option: str, tmp_path: Path) -> None:
+    cfg = compose_config([f"compress=[{option}]", f"paths.output_dir={tmp_path}"])
+    stage = hydra.utils.instantiate(cfg.compress[option])
+    assert callable(stage.apply)

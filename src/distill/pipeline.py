@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from distill.checkpoints import save_model
+from distill.compress.base import StageContext
 from distill.data.base import ArrayDataModule
 from distill.errors import DistillError
 from distill.losses.base import LossTerm
@@ -207,6 +208,60 @@ def born_again(
     return models, student, [f"gen{generations - 1}" if generations > 1 else "baseline"]
 
 
+def build_stages(cfg: DictConfig) -> dict[str, Any]:
+    """The `compress` group: stages to run after distillation, in the order listed."""
+    stages = {}
+    for name, node in (cfg.get("compress") or {}).items():
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            raise DistillError(f"compress.{name} is not a compression stage config (it needs a _target_)")
+        stage = build(node, f"compress.{name}")
+        if not callable(getattr(stage, "apply", None)):
+            raise DistillError(f"compress.{name}: {node._target_} has no apply(model, ctx) method")
+        stages[name] = stage
+    return stages
+
+
+def compress(
+    cfg: DictConfig,
+    dm: ArrayDataModule,
+    student: nn.Module,
+    teachers: dict[str, nn.Module],
+    stages: dict[str, Any],
+    loggers: list[Any],
+    out: Path,
+) -> tuple[dict[str, nn.Module | Path], dict[str, dict], dict[str, str] | None]:
+    """Run the stages in order on the distilled student.
+
+    Returns the model (or artifact) after each stage, what each stage reported, and the first
+    failure (`{"stage", "error"}`), after which no later stage runs; earlier results are kept.
+    """
+
+    def redistill(model: nn.Module, epochs: int, lr: float) -> None:
+        short = copy.deepcopy(cfg)
+        short.student.fit.epochs, short.student.fit.optimizer.lr = epochs, lr
+        distill(short, dm, model, teachers, loggers, stage="recover")
+
+    calibration = [batch["x"] for batch in dm.train_dataloader(256)]
+    ctx = StageContext(
+        dm.tensors["x_val"][:64], calibration, out / "compressed", dm.num_classes, redistill if teachers else None
+    )
+    ctx.out_dir.mkdir(parents=True, exist_ok=True)
+    current: nn.Module | Path = student
+    results: dict[str, nn.Module | Path] = {}
+    infos: dict[str, dict] = {}
+    for name, stage in stages.items():
+        log.info("Compression stage '%s'", name)
+        try:
+            result = stage.apply(current, ctx)
+        except DistillError as err:
+            log.error("compression stage '%s' failed: %s", name, err)
+            return results, infos, {"stage": name, "error": str(err)}
+        current = result.model if result.model is not None else result.artifact
+        results[f"compress:{name}"] = current
+        infos[f"compress:{name}"] = result.info
+    return results, infos, None
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run the whole job; returns the report."""
     out = Path(cfg.paths.output_dir)
@@ -227,6 +282,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     student = build_net(cfg.student.net, "student", cfg.seed)
     dry_teachers = {"baseline": copy.deepcopy(student)} if generations else copy.deepcopy(teachers)
     distillation_module(cfg, copy.deepcopy(student), dry_teachers, dm)  # dry run: shapes, layers, classes
+    stages = build_stages(cfg)
     loggers = build_loggers(cfg)
 
     # 2. Teachers: checkpoint, or trained once and cached.
@@ -261,12 +317,20 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     }
     save_model(out / "student.ckpt", student, **meta)
 
-    # 5. Every model measured the same way.
-    rows = measure_models({**models, "student": student}, dm, out / "models", cfg.report, teacher_names=teacher_names)
+    # 5. Compression stages, in the order listed.
+    compressed, infos, failure = (
+        compress(cfg, dm, student, teachers, stages, loggers, out) if stages else ({}, {}, None)
+    )
+
+    # 6. Every model measured the same way.
+    measured = {**models, "student": student, **compressed}
+    rows = measure_models(measured, dm, out / "models", cfg.report, teacher_names=teacher_names)
     for row in rows:
         row["source"] = sources.get(row["model"], "")
+        if row["model"] in infos:
+            row["stage"] = infos[row["model"]]
     title = f"{cfg.task_name}: {', '.join(teacher_names) or 'no teacher'} → student"
-    return publish_report(rows, out, loggers, title=title)
+    return publish_report(rows, out, loggers, title=title, failure=failure)
 
 
 def is_global_zero() -> bool:

@@ -32,20 +32,32 @@ COLUMNS = {  # key: (header, format)
     "agreement": ("agree w/ teacher", "{:.4f}"),
     "calibration_error": ("ECE", "{:.4f}"),
     "parameters": ("params", "{:,}"),
+    "nonzero_parameters": ("non-zero params", "{:,}"),
     "bytes": ("bytes on disk", "{:,}"),
     "flops": ("FLOPs/sample", "{:,}"),
 }
 
 
 def measure_models(
-    models: Mapping[str, nn.Module],
+    models: Mapping[str, nn.Module | Path],
     dm: ArrayDataModule,
     weights_dir: Path,
     cfg: DictConfig,
     teacher_names: list[str],
 ) -> list[dict[str, Any]]:
-    """One row per model: test metrics, agreement with the teachers' mean logits, size, latency, FLOPs."""
-    logits = {name: predict(model, dm.test_dataloader()) for name, model in models.items()}
+    """One row per model: test metrics, agreement with the teachers' mean logits, size, latency, FLOPs.
+
+    A model is a PyTorch module (its `state_dict` is saved to measure bytes on disk) or an ONNX
+    file (run with ONNX Runtime on the CPU; its FLOPs are not counted).
+    """
+    from distill.compress import deploy
+
+    def run_model(model: nn.Module | Path):
+        if isinstance(model, nn.Module):
+            return predict(model, dm.test_dataloader())
+        return deploy.onnx_predict(model, dm.test_dataloader())
+
+    logits = {name: run_model(model) for name, model in models.items()}
     targets = next(iter(logits.values()))[1]
     reference = torch.stack([logits[n][0] for n in teacher_names]).mean(0) if teacher_names else None
     example = dm.tensors["x_test"][:1]
@@ -53,11 +65,24 @@ def measure_models(
     for name, model in models.items():
         row: dict[str, Any] = {"model": name}
         row.update(classification_metrics(logits[name][0], targets, reference))
-        row["parameters"] = count_parameters(model)
-        row["bytes"] = save_weights(model, weights_dir / f"{name.replace(':', '_')}.pt")
-        for batch in cfg.latency_batch_sizes:
-            row[f"latency_ms_batch_{batch}"] = latency_ms(model, example, batch, repeats=cfg.latency_repeats)
-        row["flops"] = flops_per_sample(model, example)
+        if isinstance(model, nn.Module):
+            row["parameters"] = count_parameters(model)
+            row["nonzero_parameters"] = sum(int((p != 0).sum()) for p in model.parameters())
+            row["bytes"] = save_weights(model, weights_dir / f"{name.replace(':', '_')}.pt")
+            for batch in cfg.latency_batch_sizes:
+                row[f"latency_ms_batch_{batch}"] = latency_ms(model, example, batch, repeats=cfg.latency_repeats)
+            row["flops"] = flops_per_sample(model, example)
+        else:
+            session = deploy.onnx_session(model)
+            row["parameters"] = deploy.onnx_parameters(model)
+            row["nonzero_parameters"] = deploy.onnx_nonzero_parameters(model)
+            row["bytes"] = Path(model).stat().st_size
+            for batch in cfg.latency_batch_sizes:
+                row[f"latency_ms_batch_{batch}"] = deploy.onnx_latency_ms(
+                    session, example, batch, repeats=cfg.latency_repeats
+                )
+            row["flops"] = None
+            row["artifact"] = str(model)
         rows.append(row)
     return rows
 
@@ -120,21 +145,24 @@ def print_table(rows: list[dict[str, Any]], title: str) -> None:
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    """Test accuracy against bytes on disk (log scale), one labelled point per model."""
+    """Test accuracy against bytes on disk and against batch-1 latency (log scales), one point per model."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for r in rows:
-        ax.scatter(r["bytes"], r["accuracy"], s=40)
-        ax.annotate(r["model"], (r["bytes"], r["accuracy"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    ax.set_xscale("log")
-    ax.set_xlabel("bytes on disk")
-    ax.set_ylabel("test accuracy")
-    ax.set_title("accuracy vs. size")
-    ax.grid(True, alpha=0.3)
+    latency = next((k for k in _columns(rows) if k.startswith("latency_ms_batch_")), None)
+    axes_keys = [("bytes", "bytes on disk")] + ([(latency, _header(latency))] if latency else [])
+    fig, axes = plt.subplots(1, len(axes_keys), figsize=(6 * len(axes_keys), 4), dpi=110, squeeze=False)
+    for ax, (key, label) in zip(axes[0], axes_keys, strict=True):
+        for r in rows:
+            ax.scatter(r[key], r["accuracy"], s=40)
+            ax.annotate(r["model"], (r[key], r["accuracy"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("test accuracy")
+        ax.grid(True, alpha=0.3)
+    fig.suptitle("accuracy vs. size and latency")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -147,12 +175,18 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def publish_report(rows: list[dict[str, Any]], out: Path, loggers: list[Any], title: str) -> dict[str, Any]:
+def publish_report(
+    rows: list[dict[str, Any]], out: Path, loggers: list[Any], title: str, failure: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Print the table; write report.json, report.md and report.png to `out`; send them to the loggers."""
     out.mkdir(parents=True, exist_ok=True)
     report = {"title": title, "models": rows, "summary": summarize(rows)}
+    if failure:
+        report["failed"] = failure
     plot(rows, out / "report.png")
     summary = "".join(f"- {k.replace('_', ' ')}: {v:.4f}\n" for k, v in report["summary"].items())
+    if failure:
+        summary += f"- compression stopped: stage '{failure['stage']}' failed: {failure['error']}\n"
     _write_atomic(
         out / "report.md", f"# {title}\n\n{markdown_table(rows)}\n\n{summary}\n![accuracy vs size](report.png)\n"
     )

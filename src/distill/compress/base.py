@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,9 @@ class StageContext:
     calibration: Iterable[Tensor]  # batches of training inputs (for static quantisation, statistics)
     out_dir: Path  # where the stage writes artifacts (ONNX files)
     num_classes: int
+    # Distil `model` again from the run's teachers for `epochs` epochs at learning rate `lr`
+    # (in place); set by the pipeline, used by the `recover` stage.
+    redistill: Callable[[nn.Module, int, float], None] | None = None
 
 
 @dataclass
