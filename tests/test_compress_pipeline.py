@@ -59,3 +59,24 @@ def test_a_failing_stage_stops_compression_and_keeps_earlier_results(tmp_path: P
     assert report["failed"]["stage"] == "recover"
     assert "recover trains a PyTorch model" in report["failed"]["error"]
     assert "compression stopped: stage 'recover' failed" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_distill_eval_runs_an_exported_onnx_artifact(compressed) -> None:
+    from tests.conftest import run_cli
+
+    tmp, report = compressed
+    int8 = next(r for r in report["models"] if r["model"] == "compress:int8")
+    args = [
+        f"ckpt_path={int8['artifact']}",
+        "data=digits",
+        f"paths.output_dir={tmp}/eval_onnx",
+        "report.latency_repeats=2",
+    ]
+    result = run_cli(args, cwd=tmp, module="distill.eval")
+    assert result.returncode == 0, result.stderr[-2000:]
+    evaluated = json.loads((tmp / "eval_onnx" / "report.json").read_text())["models"][0]
+    assert evaluated["accuracy"] == pytest.approx(int8["accuracy"], abs=1e-9)
+    missing = run_cli(
+        [f"ckpt_path={int8['artifact']}", f"paths.output_dir={tmp}/eval2"], cwd=tmp, module="distill.eval"
+    )
+    assert missing.returncode == 2 and "carries no data config" in missing.stderr

@@ -11,7 +11,11 @@ from distill.cli import CONFIG_DIR, check_group_choices, run_task
 
 
 def evaluate(cfg: DictConfig) -> dict:
-    """Rebuild the checkpoint's network, load its weights and measure it like the main job does."""
+    """Rebuild the checkpoint's network, load its weights and measure it like the main job does.
+
+    An exported `.onnx` artifact is run with ONNX Runtime; it carries no data config, so
+    `data=` must name the dataset.
+    """
     from pathlib import Path
 
     from omegaconf import OmegaConf
@@ -20,6 +24,17 @@ def evaluate(cfg: DictConfig) -> dict:
     from distill.errors import DistillError
     from distill.pipeline import build, build_data
     from distill.report import measure_models, publish_report
+
+    out = Path(cfg.paths.output_dir)
+    if str(cfg.ckpt_path).endswith(".onnx"):
+        artifact = Path(cfg.ckpt_path).expanduser()
+        if not artifact.is_file():
+            raise DistillError(f"ONNX artifact not found: {artifact}")
+        if cfg.get("data") is None:
+            raise DistillError("an .onnx artifact carries no data config: name the dataset, e.g. data=mnist1d")
+        dm = build_data(cfg)
+        rows = measure_models({"student": artifact}, dm, out / "models", cfg.report, teacher_names=[])
+        return publish_report(rows, out, [], title=f"evaluation of {artifact}")
 
     checkpoint = read_checkpoint(cfg.ckpt_path)
     if "net" not in checkpoint or "data" not in checkpoint:
@@ -32,7 +47,6 @@ def evaluate(cfg: DictConfig) -> dict:
     dm = build_data(cfg)
     net = build(OmegaConf.create(checkpoint["net"]), "the checkpoint's network")
     load_weights(net, cfg.ckpt_path, "student")
-    out = Path(cfg.paths.output_dir)
     rows = measure_models({"student": net}, dm, out / "models", cfg.report, teacher_names=[])
     return publish_report(rows, out, [], title=f"evaluation of {cfg.ckpt_path}")
 
