@@ -18,7 +18,7 @@ class Recover:
     sparsity reached by unstructured pruning survives recovery.
     """
 
-    def __init__(self, epochs: int = 10, lr: float = 0.003) -> None:
+    def __init__(self, epochs: int = 30, lr: float = 0.01) -> None:
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise DistillError(f"recover: epochs must be a positive integer, got {epochs!r}")
         if not (isinstance(lr, (int, float)) and lr > 0):
