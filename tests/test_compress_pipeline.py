@@ -39,11 +39,18 @@ def test_every_stage_is_measured_in_order(compressed) -> None:
         assert rows[name]["latency_ms_batch_1"] > 0
 
 
-def test_the_report_files_hold_the_stages(compressed) -> None:
+def test_the_report_files_and_the_logger_hold_the_stages(compressed) -> None:
     tmp, _ = compressed
     on_disk = json.loads((tmp / "run" / "report.json").read_text())
     assert "failed" not in on_disk
     assert "| compress:int8 |" in (tmp / "run" / "report.md").read_text()
+    logged = (tmp / "run" / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    for column in (
+        "report/compress:prune/stage/sparsity",
+        "report/compress:onnx/stage/max_abs_diff",
+        "report/compress:int8/bytes",
+    ):
+        assert column in logged
 
 
 def test_structured_pruning_shrinks_the_student(tmp_path: Path) -> None:

@@ -201,6 +201,14 @@ def publish_report(
 
 def _log_to_loggers(rows: list[dict[str, Any]], summary: dict[str, float], image: Path, loggers: list[Any]) -> None:
     metrics = {f"report/{r['model']}/{k}": v for r in rows for k, v in r.items() if isinstance(v, (int, float))}
+    metrics.update(  # what each compression stage said of itself (sparsity, parity error, ...)
+        {
+            f"report/{r['model']}/stage/{k}": v
+            for r in rows
+            for k, v in (r.get("stage") or {}).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+    )
     metrics.update({f"report/{k}": v for k, v in summary.items()})
     for logger in loggers:
         logger.log_metrics(metrics)
