@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 import warnings
 from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
-from lightning.pytorch.callbacks import Callback
 
+from bench_overhead import EpochTimer  # the sibling script
 from distill.cli import CONFIG_DIR
 from distill.extras import QUIET
 from distill.measure import classification_metrics, predict
@@ -56,22 +55,6 @@ METHODS: dict[str, list[str]] = {
     "self: byot (no teacher)": ["distill=[hard,byot]", "teacher=[]", "distill.hard.weight=1.0"],
     "self: born-again, 2 generations": ["distill=[hard,kd]", "teacher=[]", "born_again.generations=2"],
 }
-
-
-class EpochTimer(Callback):
-    """Wall time of each training epoch up to the end of its last batch (validation excluded)."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-
-    def on_train_epoch_start(self, trainer, module) -> None:
-        self.start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        self.end = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer, module) -> None:
-        self.times.append(self.end - self.start)
 
 
 def config(overrides: list[str]):

@@ -39,6 +39,15 @@ def check_group_choices(argv: list[str], config_dir: str = CONFIG_DIR) -> str | 
     return None
 
 
+def guarded(hydra_main: Callable[[], Any]) -> None:
+    """Entry point: refuse unknown config group options in one line, then let Hydra run."""
+    problem = check_group_choices(sys.argv[1:])
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
+    hydra_main()
+
+
 def run_task(task: Callable[[Any], Any], cfg: Any) -> Any:
     """Run `task(cfg)`; a `DistillError` becomes one line on stderr and exit status 2."""
     from distill.errors import DistillError

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
-from distill.cli import CONFIG_DIR, check_group_choices, run_task
+from distill.cli import CONFIG_DIR, guarded, run_task
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -59,12 +57,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    """Entry point: refuse unknown config group options in one line, then let Hydra run."""
-    problem = check_group_choices(sys.argv[1:])
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        sys.exit(2)
-    hydra_main()
+    """Entry point (`distill-eval`)."""
+    guarded(hydra_main)
 
 
 if __name__ == "__main__":

@@ -10,12 +10,9 @@ from torch import Tensor, nn
 
 from distill.compress.base import StageContext, StageResult
 from distill.errors import DistillError
+from distill.measure import count_parameters
 
 _CONVS = (nn.Conv1d, nn.Conv2d)
-
-
-def _count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def _number(value: object) -> bool:
@@ -63,7 +60,7 @@ class LowRank:
 
     def apply(self, model: nn.Module, ctx: StageContext) -> StageResult:
         model = copy.deepcopy(model)
-        before = _count_parameters(model)
+        before = count_parameters(model)
         candidates = [
             (name, module)
             for name, module in model.named_modules()
@@ -111,7 +108,7 @@ class LowRank:
                 "layers": layers,
                 "skipped": skipped,
                 "parameters_before": before,
-                "parameters_after": _count_parameters(model),
+                "parameters_after": count_parameters(model),
             },
         )
 

@@ -12,10 +12,7 @@ from torch.nn.utils import prune
 
 from distill.compress.base import StageContext, StageResult
 from distill.errors import DistillError
-
-
-def _count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+from distill.measure import count_parameters
 
 
 def _as_str_tuple(value: object, what: str) -> tuple[str, ...]:
@@ -160,12 +157,12 @@ class StructuredPrune:
                     f"StructuredPrune found no prunable layer group in {type(model).__name__} "
                     f"(the classifier and {list(self.ignore) or 'nothing else'} are ignored)"
                 )
-            before = _count_parameters(model)
+            before = count_parameters(model)
             try:
                 pruner.step()
             except Exception as exc:
                 raise DistillError(f"torch-pruning failed on {type(model).__name__}: {_first_line(exc)}") from exc
-            after = _count_parameters(model)
+            after = count_parameters(model)
             if after >= before:
                 raise DistillError(
                     f"StructuredPrune removed nothing from {type(model).__name__}: "
