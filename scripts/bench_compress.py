@@ -22,17 +22,15 @@ from hydra import compose, initialize_config_dir
 from distill.cli import CONFIG_DIR
 from distill.extras import QUIET
 from distill.pipeline import (
+    acquire_teachers,
     build_data,
     build_net,
     build_stages,
     compress,
     distill,
-    fit_payload,
-    train_supervised,
 )
 from distill.report import measure_models
 from distill.runtime import flush_denormals, tune_cpu_allocator
-from distill.teachers import acquire_teacher
 
 CHAINS = [
     "prune",
@@ -76,14 +74,8 @@ def main() -> None:
 
     cfg = config([])
     dm = build_data(cfg)
-    teachers = {}
-    for name, tcfg in cfg.teacher.items():
-        net = build_net(tcfg.net, name, cfg.seed)
-        train = train_supervised(cfg, f"teacher_{name}", tcfg.fit, dm, loggers=[])
-        acquire_teacher(
-            name, tcfg, net, train, Path(cfg.paths.cache_dir), fit_payload(cfg, "teacher", tcfg.net, tcfg.fit)
-        )
-        teachers[name] = net
+    teachers = {name: build_net(t.net, name, cfg.seed) for name, t in cfg.teacher.items()}
+    acquire_teachers(cfg, cfg.teacher, teachers, dm, loggers=[])
     student = build_net(cfg.student.net, "student", cfg.seed)
     distill(cfg, dm, student, teachers, [], stage="student")
     teacher_name = f"teacher:{next(iter(teachers))}"

@@ -25,18 +25,16 @@ from bench_overhead import EpochTimer  # the sibling script
 from distill.cli import CONFIG_DIR
 from distill.extras import QUIET
 from distill.measure import classification_metrics, predict
-from distill.model_cache import cached_model
 from distill.pipeline import (
+    acquire_baseline,
+    acquire_teachers,
     born_again,
     build_data,
     build_net,
     distillation_module,
-    fit_payload,
     make_trainer,
-    train_supervised,
 )
 from distill.runtime import flush_denormals, tune_cpu_allocator
-from distill.teachers import acquire_teacher
 
 # name: (overrides, teachers the method uses)
 METHODS: dict[str, list[str]] = {
@@ -108,30 +106,14 @@ def main() -> None:
     base = config(common)
     dm = build_data(base)
     teacher_cfgs = config(common + ["teacher=[cnn,cnn_small]"]).teacher
-    teachers = {}
-    for name, tcfg in teacher_cfgs.items():  # trained once, cached like in distill-train
-        net = build_net(tcfg.net, name, base.seed)
-        train = train_supervised(base, f"teacher_{name}", tcfg.fit, dm, loggers=[])
-        acquire_teacher(
-            name, tcfg, net, train, Path(base.paths.cache_dir), fit_payload(base, "teacher", tcfg.net, tcfg.fit)
-        )
-        teachers[name] = net
+    teachers = {name: build_net(t.net, name, base.seed) for name, t in teacher_cfgs.items()}
+    acquire_teachers(base, teacher_cfgs, teachers, dm, loggers=[])  # trained once, cached like in distill-train
     teacher_acc = accuracy(teachers["cnn"], dm)
 
     results: dict[str, dict] = {}
     baselines = {}
     for seed in seeds:
-        cfg = config(common + [f"seed={seed}"])
-        net = build_net(cfg.student.net, "student", seed)
-        train = train_supervised(cfg, "baseline", cfg.student.baseline, dm, loggers=[])
-        cached_model(
-            Path(cfg.paths.cache_dir),
-            "baseline",
-            fit_payload(cfg, "baseline", cfg.student.net, cfg.student.baseline),
-            net,
-            train,
-        )
-        baselines[seed] = net
+        baselines[seed], _ = acquire_baseline(config(common + [f"seed={seed}"]), dm, loggers=[])
     results["student from scratch"] = {"acc": [accuracy(baselines[s], dm) for s in seeds], "epoch_s": []}
 
     for name in args.methods:

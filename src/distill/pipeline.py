@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,17 +76,24 @@ def build_data(cfg: DictConfig) -> ArrayDataModule:
     return dm
 
 
+def build_group(cfg: DictConfig, group: str, what: str, check: Callable[[Any], bool], expected: str) -> dict[str, Any]:
+    """Instantiate every selected option of a multi-select group, in the order listed."""
+    built = {}
+    for name, node in (cfg.get(group) or {}).items():
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            raise DistillError(f"{group}.{name} is not a {what} config (it needs a _target_)")
+        obj = build(node, f"{group}.{name}")
+        if not check(obj):
+            raise DistillError(f"{group}.{name}: {node._target_} {expected}")
+        built[name] = obj
+    return built
+
+
 def build_terms(cfg: DictConfig) -> dict[str, LossTerm]:
     """The `distill` group: one weighted loss term per selected option."""
-    terms = {}
-    for name, node in (cfg.get("distill") or {}).items():
-        if not isinstance(node, DictConfig) or "_target_" not in node:
-            raise DistillError(f"distill.{name} is not a loss term config (it needs a _target_)")
-        term = build(node, f"distill.{name}")
-        if not isinstance(term, LossTerm):
-            raise DistillError(f"distill.{name}: {node._target_} is not a distill.losses.LossTerm")
-        terms[name] = term
-    return terms
+    return build_group(
+        cfg, "distill", "loss term", lambda t: isinstance(t, LossTerm), "is not a distill.losses.LossTerm"
+    )
 
 
 def build_loggers(cfg: DictConfig) -> list[Any]:
@@ -144,6 +152,29 @@ def train_supervised(cfg: DictConfig, stage: str, fit: DictConfig, dm: ArrayData
         trainer.fit(module, dm.train_dataloader(fit.get("batch_size")), dm.val_dataloader())
 
     return train
+
+
+def acquire_teachers(
+    cfg: DictConfig, teacher_cfgs: DictConfig, teachers: dict[str, nn.Module], dm: ArrayDataModule, loggers: list[Any]
+) -> dict[str, str]:
+    """Fill each teacher net from its checkpoint, or train it once and cache it; returns where each came from."""
+    sources = {}
+    for name, tcfg in teacher_cfgs.items():
+        payload = fit_payload(cfg, "teacher", tcfg.net, tcfg.fit)
+        train = train_supervised(cfg, f"teacher_{name}", tcfg.fit, dm, loggers)
+        sources[f"teacher:{name}"] = acquire_teacher(
+            name, tcfg, teachers[name], train, Path(cfg.paths.cache_dir), payload
+        )
+    return sources
+
+
+def acquire_baseline(cfg: DictConfig, dm: ArrayDataModule, loggers: list[Any]) -> tuple[nn.Module, str]:
+    """The student architecture trained on the labels alone (cached); returns it and where it came from."""
+    baseline = build_net(cfg.student.net, "student", cfg.seed)
+    payload = fit_payload(cfg, "baseline", cfg.student.net, cfg.student.baseline)
+    train = train_supervised(cfg, "baseline", cfg.student.baseline, dm, loggers)
+    path, reused = cached_model(Path(cfg.paths.cache_dir), "baseline", payload, baseline, train)
+    return baseline, f"cache {path.name}" if reused else f"trained, cached as {path.name}"
 
 
 def distillation_module(
@@ -210,15 +241,13 @@ def born_again(
 
 def build_stages(cfg: DictConfig) -> dict[str, Any]:
     """The `compress` group: stages to run after distillation, in the order listed."""
-    stages = {}
-    for name, node in (cfg.get("compress") or {}).items():
-        if not isinstance(node, DictConfig) or "_target_" not in node:
-            raise DistillError(f"compress.{name} is not a compression stage config (it needs a _target_)")
-        stage = build(node, f"compress.{name}")
-        if not callable(getattr(stage, "apply", None)):
-            raise DistillError(f"compress.{name}: {node._target_} has no apply(model, ctx) method")
-        stages[name] = stage
-    return stages
+    return build_group(
+        cfg,
+        "compress",
+        "compression stage",
+        lambda s: callable(getattr(s, "apply", None)),
+        "has no apply(model, ctx) method",
+    )
 
 
 def compress(
@@ -265,7 +294,6 @@ def compress(
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run the whole job; returns the report."""
     out = Path(cfg.paths.output_dir)
-    cache_dir = Path(cfg.paths.cache_dir)
     tune_cpu_allocator()
     flush_denormals()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -286,18 +314,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     loggers = build_loggers(cfg)
 
     # 2. Teachers: checkpoint, or trained once and cached.
-    sources = {}
-    for name, tcfg in teacher_cfgs.items():
-        payload = fit_payload(cfg, "teacher", tcfg.net, tcfg.fit)
-        train = train_supervised(cfg, f"teacher_{name}", tcfg.fit, dm, loggers)
-        sources[f"teacher:{name}"] = acquire_teacher(name, tcfg, teachers[name], train, cache_dir, payload)
+    sources = acquire_teachers(cfg, teacher_cfgs, teachers, dm, loggers)
 
     # 3. Baseline: the same student architecture trained on the labels alone.
-    baseline = build_net(cfg.student.net, "student", cfg.seed)
-    payload = fit_payload(cfg, "baseline", cfg.student.net, cfg.student.baseline)
-    train = train_supervised(cfg, "baseline", cfg.student.baseline, dm, loggers)
-    path, reused = cached_model(cache_dir, "baseline", payload, baseline, train)
-    sources["baseline"] = f"cache {path.name}" if reused else f"trained, cached as {path.name}"
+    baseline, sources["baseline"] = acquire_baseline(cfg, dm, loggers)
 
     # 4. Distillation (from the teachers, or from the student's own earlier generations).
     if generations:
