@@ -8,6 +8,8 @@ lost against the uncompressed student.
 
     python scripts/bench_compress.py
     python scripts/bench_compress.py --chains "onnx,int8" "prune_structured,recover,onnx,int8"
+
+A chain may carry its own overrides after `|`: "qat,onnx,int8|compress.qat.convert=float".
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ CHAINS = [
     "onnx,int8",
     "onnx,int8_static",
     "prune_structured,recover,onnx,int8",
+    "qat",
+    "qat,onnx,int8|compress.qat.convert=float",
 ]
 
 
@@ -81,9 +85,10 @@ def main() -> None:
     teacher_name = f"teacher:{next(iter(teachers))}"
 
     results = []
-    for chain in args.chains:
+    for spec in args.chains:
+        chain, *own = spec.split("|")
         chain_cfg = config(
-            [f"compress=[{chain}]", *(o for o in stage_overrides if o.split(".")[1] in chain.split(","))]
+            [f"compress=[{chain}]", *(o for o in stage_overrides if o.split(".")[1] in chain.split(",")), *own]
         )
         stages = build_stages(chain_cfg)
         compressed, _, failure = compress(chain_cfg, dm, student, teachers, stages, [], out / chain.replace(",", "+"))
@@ -98,7 +103,7 @@ def main() -> None:
         f = rows.get("final", s)
         results.append(
             {
-                "chain": chain,
+                "chain": spec,
                 "accuracy": f["accuracy"],
                 "accuracy_loss_vs_student": s["accuracy"] - f["accuracy"],
                 "smaller_than_teacher": t["bytes"] / f["bytes"],
@@ -110,7 +115,7 @@ def main() -> None:
         )
         r = results[-1]
         print(
-            f"{chain:40s} acc {r['accuracy']:.4f} ({-r['accuracy_loss_vs_student']:+.4f})  {r['smaller_than_teacher']:.1f}x smaller  {r['faster_than_teacher_batch1']:.1f}x faster",
+            f"{spec:40s} acc {r['accuracy']:.4f} ({-r['accuracy_loss_vs_student']:+.4f})  {r['smaller_than_teacher']:.1f}x smaller  {r['faster_than_teacher_batch1']:.1f}x faster",
             flush=True,
         )
 
@@ -123,7 +128,7 @@ def main() -> None:
     for r in results:
         note = f" (failed: {r['failed']['stage']})" if r["failed"] else ""
         lines.append(
-            f"| {r['chain']}{note} | {r['accuracy']:.4f} | {-r['accuracy_loss_vs_student']:+.4f} | "
+            f"| {r['chain'].replace('|', ' ')}{note} | {r['accuracy']:.4f} | {-r['accuracy_loss_vs_student']:+.4f} | "
             f"{r['smaller_than_teacher']:.1f}× | {r['faster_than_teacher_batch1']:.1f}× |"
         )
     text = "\n".join(lines)

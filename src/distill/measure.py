@@ -47,6 +47,23 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _stored(p: Tensor) -> Tensor:
+    """The values a parameter stores: the integer data of a quantised tensor subclass, else itself."""
+    return p.qdata if hasattr(p, "qdata") else p
+
+
+def eval_on_cpu(model: nn.Module) -> nn.Module:
+    """`model` in eval mode on the CPU (moved only when it is elsewhere: quantised tensors cannot be swapped)."""
+    if any(p.device.type != "cpu" for p in model.parameters()):
+        model = model.cpu()
+    return model.eval()
+
+
+def count_nonzero_parameters(model: nn.Module) -> int:
+    """Parameters that are not exactly zero (pruned weights drop out; quantised weights count their integers)."""
+    return sum(int((_stored(p.detach()) != 0).sum()) for p in model.parameters())
+
+
 def save_weights(model: nn.Module, path: Path) -> int:
     """Write the model's `state_dict` to `path` and return its size in bytes."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,7 +74,7 @@ def save_weights(model: nn.Module, path: Path) -> int:
 @torch.inference_mode()
 def latency_ms(model: nn.Module, example: Tensor, batch_size: int, repeats: int = 30, warmup: int = 5) -> float:
     """Median wall time of one forward pass on the CPU at `batch_size`, in milliseconds."""
-    model = model.eval().cpu()
+    model = eval_on_cpu(model)
     x = example[:1].cpu().expand(batch_size, *example.shape[1:]).contiguous()
     for _ in range(warmup):
         model(x)
@@ -71,7 +88,7 @@ def latency_ms(model: nn.Module, example: Tensor, batch_size: int, repeats: int 
 
 def flops_per_sample(model: nn.Module, example: Tensor) -> int:
     """Floating-point operations of one forward pass on one sample (a multiply-add counts 2)."""
-    model = model.eval().cpu()
+    model = eval_on_cpu(model)
     counter = FlopCounterMode(display=False)
     with counter, torch.inference_mode():
         model(example[:1].cpu())

@@ -268,7 +268,7 @@ def compress(
     def redistill(model: nn.Module, epochs: int, lr: float) -> None:
         short = copy.deepcopy(cfg)
         short.student.fit.epochs, short.student.fit.optimizer.lr = epochs, lr
-        distill(short, dm, model, teachers, loggers, stage="recover")
+        distill(short, dm, model, teachers, loggers, stage=f"compress_{current_stage}")
 
     calibration = [batch["x"] for batch in dm.train_dataloader(256)]
     ctx = StageContext(
@@ -278,8 +278,10 @@ def compress(
     current: nn.Module | Path = student
     results: dict[str, nn.Module | Path] = {}
     infos: dict[str, dict] = {}
+    current_stage = ""
     for name, stage in stages.items():
         log.info("Compression stage '%s'", name)
+        current_stage = name
         try:
             result = stage.apply(current, ctx)
         except DistillError as err:

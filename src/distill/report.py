@@ -17,6 +17,7 @@ from torch import nn
 from distill.data.base import ArrayDataModule
 from distill.measure import (
     classification_metrics,
+    count_nonzero_parameters,
     count_parameters,
     flops_per_sample,
     latency_ms,
@@ -67,7 +68,7 @@ def measure_models(
         row.update(classification_metrics(logits[name][0], targets, reference))
         if isinstance(model, nn.Module):
             row["parameters"] = count_parameters(model)
-            row["nonzero_parameters"] = sum(int((p != 0).sum()) for p in model.parameters())
+            row["nonzero_parameters"] = count_nonzero_parameters(model)
             row["bytes"] = save_weights(model, weights_dir / f"{name.replace(':', '_')}.pt")
             for batch in cfg.latency_batch_sizes:
                 row[f"latency_ms_batch_{batch}"] = latency_ms(model, example, batch, repeats=cfg.latency_repeats)
