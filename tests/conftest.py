@@ -42,11 +42,20 @@ def tiny_job(tmp_path: Path, *extra: str) -> list[str]:
     ]
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment of a command-line run; `tests.helpers` is importable in it (for test callbacks)."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONWARNINGS": "ignore", "PYTHONPATH": path, **extra}
+
+
 def run_cli(
-    args: list[str], cwd: Path, module: str = "distill.train", timeout: int = 300
+    args: list[str], cwd: Path, module: str = "distill.train", timeout: int = 300, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
     """Run an entry point as a user would (`python -m distill.train ...`)."""
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONWARNINGS": "ignore"}
+    env = env or cli_env()
     return subprocess.run(
         [sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
     )

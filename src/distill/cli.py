@@ -6,6 +6,7 @@ Only light imports here: `--help` and `--cfg job` must answer before torch is lo
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,23 @@ _HERE = Path(__file__).resolve().parent
 CONFIG_DIR = str(
     _HERE.parents[1] / "configs" if (_HERE.parents[1] / "configs" / "train.yaml").is_file() else _HERE / "configs"
 )
+
+
+def job_id() -> str:
+    """What tells this job apart from others started in the same second: its SLURM job (and array task) id, else its pid."""
+    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array_job and task:
+        return f"{array_job}_{task}"
+    return os.environ.get("SLURM_JOB_ID") or str(os.getpid())
+
+
+def register_resolvers() -> None:
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("job_id", job_id, use_cache=True, replace=True)
+
+
+register_resolvers()  # at import: a SLURM job imports this module before Hydra resolves its run folder
 
 
 def check_group_choices(argv: list[str], config_dir: str = CONFIG_DIR) -> str | None:

@@ -16,6 +16,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 from torch import nn
 
+from distill import distributed
 from distill.checkpoints import load_weights, save_model
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ def cached_model(
     cache_dir.mkdir(parents=True, exist_ok=True)
     key = cache_key(payload)
     path = cache_dir / f"{label}-{key}.pt"
+    if distributed.world_size() > 1:
+        return _cached_model_collective(cache_dir, label, key, payload, path, model, train)
     lock = FileLock(str(path) + ".lock")
     try:
         lock.acquire(timeout=0)
@@ -59,4 +62,43 @@ def cached_model(
         (cache_dir / f"{label}-{key}.json").write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
     finally:
         lock.release()
+    return path, False
+
+
+def _cached_model_collective(
+    cache_dir: Path,
+    label: str,
+    key: str,
+    payload: dict[str, Any],
+    path: Path,
+    model: nn.Module,
+    train: Callable[[nn.Module], None],
+) -> tuple[Path, bool]:
+    """`cached_model` for the ranks of one distributed run: rank 0 holds the lock and decides for all.
+
+    Either every rank loads the cached weights, or every rank trains together (as DDP needs) and
+    rank 0 writes the result.
+    """
+    lock = FileLock(str(path) + ".lock")
+    if distributed.is_global_zero():
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log.info("Waiting for another run that is training %s (%s)", label, path.name)
+            lock.acquire()
+    try:
+        reuse = distributed.broadcast(path.exists())
+        if reuse:
+            log.info("Reusing cached %s from %s", label, path)
+            load_weights(model, path, label)
+            return path, True
+        log.info("Training %s on %d processes (no cached copy with key %s)", label, distributed.world_size(), key)
+        train(model)
+        if distributed.is_global_zero():
+            save_model(path, model, payload=json.loads(json.dumps(payload, default=str)))
+            (cache_dir / f"{label}-{key}.json").write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
+        distributed.barrier()
+    finally:
+        if lock.is_locked:
+            lock.release()
     return path, False

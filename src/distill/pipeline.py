@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,15 +19,19 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
+from distill import distributed
 from distill.checkpoints import save_model
 from distill.compress.base import StageContext
 from distill.data.base import ArrayDataModule
 from distill.errors import DistillError
 from distill.losses.base import LossTerm
+from distill.measure import classification_metrics, predict
 from distill.model_cache import cached_model
 from distill.modules import DistillationModule, SupervisedModule
 from distill.report import measure_models, publish_report
+from distill.resume import check_compatible, find_resume_dir, stage_checkpoint
 from distill.runtime import flush_denormals, tune_cpu_allocator
+from distill.secrets import command_line_has_secret, redact, redact_saved_configs
 from distill.teachers import acquire_teacher, check_teacher_config
 
 log = logging.getLogger(__name__)
@@ -102,11 +108,34 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
     if any("Wandb" in n._target_ for n in nodes) and not _wandb_key_available():
         os.environ.setdefault("WANDB_MODE", "offline")
         log.info("W&B: no API key found, logging offline (sync later with `wandb sync`)")
-    loggers = [build(n, f"logger {n._target_}") for n in nodes]
-    config = OmegaConf.to_container(cfg, resolve=True)
+    group = sweep_name()
+
+    def extra(node: DictConfig) -> dict[str, Any]:
+        if "Wandb" not in node._target_:
+            return {}
+        kwargs: dict[str, Any] = {"group": group} if group and not node.get("group") else {}
+        if command_line_has_secret(sys.argv[1:]):  # W&B records the command line in its run metadata
+            import wandb
+
+            log.warning("A credential is on the command line: W&B will not record the run's metadata")
+            kwargs["settings"] = wandb.Settings(x_disable_meta=True)
+        return kwargs
+
+    loggers = [build(n, f"logger {n._target_}", **extra(n)) for n in nodes]
+    config = redact(OmegaConf.to_container(cfg, resolve=True))
     for logger in loggers:
         logger.log_hyperparams(config)
     return loggers
+
+
+def sweep_name() -> str | None:
+    """The multirun's folder name inside a `-m` sweep (so that W&B groups its jobs), else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return Path(HydraConfig.get().sweep.dir).name
 
 
 def _wandb_key_available() -> bool:
@@ -124,7 +153,27 @@ def make_trainer(cfg: DictConfig, stage: str, epochs: int, loggers: list[Any]) -
     for cb in callbacks:
         if isinstance(cb, ModelCheckpoint) and cb.dirpath:
             cb.dirpath = os.path.join(cb.dirpath, stage)
-    return build(cfg.trainer, "trainer", max_epochs=epochs, logger=loggers or False, callbacks=callbacks)
+    # Lightning writes its SLURM pre-emption checkpoint (hpc_ckpt_<n>.ckpt) into default_root_dir.
+    root = os.path.join(cfg.paths.output_dir, "checkpoints", stage)
+    return build(
+        cfg.trainer, "trainer", max_epochs=epochs, logger=loggers or False, callbacks=callbacks, default_root_dir=root
+    )
+
+
+def fit_stage(
+    cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule, train_loader: Any, val_loader: Any
+) -> None:
+    """`trainer.fit`, resumed from the stage's checkpoint in the run being continued, if there is one."""
+    stage = Path(trainer.default_root_dir).name
+    ckpt = stage_checkpoint(cfg.get("resume_dir"), stage)
+    if ckpt is not None:
+        check_compatible(ckpt, module)
+        log.info("Resuming stage '%s' from %s", stage, ckpt)
+    for loader in (train_loader, val_loader):
+        if hasattr(loader, "sharded"):
+            loader.sharded = trainer.world_size > 1
+    # weights_only: a checkpoint file cannot run code when it is loaded.
+    trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt, weights_only=True)
 
 
 def fit_payload(cfg: DictConfig, kind: str, net: DictConfig, fit: DictConfig) -> dict[str, Any]:
@@ -149,7 +198,7 @@ def train_supervised(cfg: DictConfig, stage: str, fit: DictConfig, dm: ArrayData
         scheduler = build(fit.scheduler, f"{stage} scheduler") if fit.get("scheduler") else None
         module = SupervisedModule(net, optimizer, dm.num_classes, scheduler, stage, fit.get("gradient_clip_val"))
         trainer = make_trainer(cfg, stage, fit.epochs, loggers)
-        trainer.fit(module, dm.train_dataloader(fit.get("batch_size")), dm.val_dataloader())
+        fit_stage(cfg, trainer, module, dm.train_dataloader(fit.get("batch_size")), dm.val_dataloader())
 
     return train
 
@@ -209,7 +258,7 @@ def distill(
     """Train `student` from `teachers` with the `distill` terms and the student's fit recipe."""
     module = distillation_module(cfg, student, teachers, dm, prefix=stage)
     trainer = make_trainer(cfg, stage, cfg.student.fit.epochs, loggers)
-    trainer.fit(module, dm.distill_dataloader(cfg.student.fit.get("batch_size")), dm.val_dataloader())
+    fit_stage(cfg, trainer, module, dm.distill_dataloader(cfg.student.fit.get("batch_size")), dm.val_dataloader())
     return trainer
 
 
@@ -271,9 +320,9 @@ def compress(
         distill(short, dm, model, teachers, loggers, stage=f"compress_{current_stage}")
 
     calibration = [batch["x"] for batch in dm.train_dataloader(256)]
-    ctx = StageContext(
-        dm.tensors["x_val"][:64], calibration, out / "compressed", dm.num_classes, redistill if teachers else None
-    )
+    # Ranks other than 0 repeat every stage (so that training stages run on all of them) into a scratch folder.
+    out_dir = out / "compressed" if distributed.is_global_zero() else Path(tempfile.mkdtemp(prefix="distill-rank"))
+    ctx = StageContext(dm.tensors["x_val"][:64], calibration, out_dir, dm.num_classes, redistill if teachers else None)
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     current: nn.Module | Path = student
     results: dict[str, nn.Module | Path] = {}
@@ -296,6 +345,7 @@ def compress(
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run the whole job; returns the report."""
     out = Path(cfg.paths.output_dir)
+    redact_saved_configs(out / ".hydra")
     tune_cpu_allocator()
     flush_denormals()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -313,6 +363,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     dry_teachers = {"baseline": copy.deepcopy(student)} if generations else copy.deepcopy(teachers)
     distillation_module(cfg, copy.deepcopy(student), dry_teachers, dm)  # dry run: shapes, layers, classes
     stages = build_stages(cfg)
+    resume_dir = find_resume_dir(cfg.get("ckpt_path"), out)
+    with open_dict(cfg):
+        cfg.resume_dir = str(resume_dir) if resume_dir else None
+    if resume_dir:
+        log.info("Continuing the interrupted run in %s", resume_dir)
+    distributed.start(cfg.trainer)  # a multi-process trainer: its processes start here, not at the first fit
     loggers = build_loggers(cfg)
 
     # 2. Teachers: checkpoint, or trained once and cached.
@@ -330,19 +386,20 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         models = {**{f"teacher:{n}": t for n, t in teachers.items()}, "baseline": baseline}
         teacher_names = [f"teacher:{n}" for n in teachers]
     sources["student"] = "distilled in this run"
-    if not is_global_zero():
-        return {}
     meta = {
         "net": OmegaConf.to_container(cfg.student.net, resolve=True),
         "data": OmegaConf.to_container(cfg.data, resolve=True),
         "num_classes": dm.num_classes,
     }
-    save_model(out / "student.ckpt", student, **meta)
+    if distributed.is_global_zero():
+        save_model(out / "student.ckpt", student, **meta)
 
-    # 5. Compression stages, in the order listed.
+    # 5. Compression stages, in the order listed (on every rank: recovery stages train together).
     compressed, infos, failure = (
         compress(cfg, dm, student, teachers, stages, loggers, out) if stages else ({}, {}, None)
     )
+    if not distributed.is_global_zero():
+        return {}
 
     # 6. Every model measured the same way.
     measured = {**models, "student": student, **compressed}
@@ -351,13 +408,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         row["source"] = sources.get(row["model"], "")
         if row["model"] in infos:
             row["stage"] = infos[row["model"]]
+    # The distilled student's validation accuracy: what a sweeper may optimise without seeing the test set.
+    val_logits, val_targets = predict(student, dm.val_dataloader())
+    extra = {"student_val_accuracy": classification_metrics(val_logits, val_targets)["accuracy"]}
     title = f"{cfg.task_name}: {', '.join(teacher_names) or 'no teacher'} → student"
-    return publish_report(rows, out, loggers, title=title, failure=failure)
-
-
-def is_global_zero() -> bool:
-    """True outside distributed runs and on the rank-0 process of one."""
-    return (
-        not (torch.distributed.is_available() and torch.distributed.is_initialized())
-        or torch.distributed.get_rank() == 0
-    )
+    return publish_report(rows, out, loggers, title=title, failure=failure, extra=extra)

@@ -177,11 +177,19 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def publish_report(
-    rows: list[dict[str, Any]], out: Path, loggers: list[Any], title: str, failure: dict[str, str] | None = None
+    rows: list[dict[str, Any]],
+    out: Path,
+    loggers: list[Any],
+    title: str,
+    failure: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Print the table; write report.json, report.md and report.png to `out`; send them to the loggers."""
+    """Print the table; write report.json, report.md and report.png to `out`; send them to the loggers.
+
+    `extra` entries go to the top level of report.json (e.g. `student_val_accuracy`).
+    """
     out.mkdir(parents=True, exist_ok=True)
-    report = {"title": title, "models": rows, "summary": summarize(rows)}
+    report = {"title": title, "models": rows, "summary": summarize(rows), **(extra or {})}
     if failure:
         report["failed"] = failure
     plot(rows, out / "report.png")

@@ -15,9 +15,9 @@ def hydra_main(cfg: DictConfig) -> float | None:
     from distill.pipeline import run
 
     apply_extras(cfg)
-    report = run_task(run, cfg)
-    student = next((r for r in (report or {}).get("models", []) if r["model"] == "student"), None)
-    return student["accuracy"] if student else None  # the value a sweeper optimises
+    report = run_task(run, cfg) or {}
+    metric = cfg.get("optimized_metric")
+    return report.get(metric) if metric else None  # the value a sweeper (hparams_search=...) optimises
 
 
 def main() -> None:

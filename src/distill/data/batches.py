@@ -16,7 +16,9 @@ class TensorBatches:
     """Iterable of `{"x", "y", "index"}` batches over tensors held in memory.
 
     `index` is each sample's row in `x`, so per-sample state (cached teacher outputs, CRD
-    memory banks) can be looked up. Under `torch.distributed` each rank takes its own shard.
+    memory banks) can be looked up. Once `sharded` is set (the pipeline does so for the loaders
+    it hands to a distributed `Trainer.fit`), each rank takes its own shard; evaluation loaders
+    stay whole, so a model measured on rank 0 sees every sample.
     """
 
     #: no augmentation happens here: the same index always gives the same input
@@ -38,15 +40,24 @@ class TensorBatches:
         self.x, self.y = x, y
         self.batch_size, self.shuffle, self.drop_last, self.seed = batch_size, shuffle, drop_last, seed
         self.epoch = 0
+        self.sharded = False
 
     def _shard(self) -> tuple[int, int]:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if self.sharded and torch.distributed.is_available() and torch.distributed.is_initialized():
             return torch.distributed.get_rank(), torch.distributed.get_world_size()
         return 0, 1
 
     def _num_rows(self) -> int:
-        _, world = self._shard()
-        return len(self.x) // world if world > 1 else len(self.x)
+        rank, world = self._shard()
+        if world == 1:
+            return len(self.x)
+        if self.shuffle:  # training: equal shards, so every rank runs the same number of steps
+            return len(self.x) // world
+        return len(range(rank, len(self.x), world))  # evaluation: every sample once, over all ranks
+
+    def set_epoch(self, epoch: int) -> None:
+        """Shuffle for `epoch` next: the order depends on (seed, epoch) alone, so a resumed run sees the same batches."""
+        self.epoch = epoch
 
     def __len__(self) -> int:
         rows = self._num_rows()
@@ -60,8 +71,8 @@ class TensorBatches:
         else:
             order = torch.arange(len(self.x))
         rank, world = self._shard()
-        if world > 1:  # equal shards so every rank runs the same number of steps
-            order = order[: self._num_rows() * world][rank::world]
+        if world > 1:
+            order = order[: self._num_rows() * world][rank::world] if self.shuffle else order[rank::world]
         for batch in range(len(self)):
             index = order[batch * self.batch_size : (batch + 1) * self.batch_size]
             yield {"x": self.x[index], "y": self.y[index], "index": index}

@@ -66,6 +66,12 @@ class ClassifierModule(L.LightningModule):
             self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
         optimizer.step()
 
+    def on_train_epoch_start(self) -> None:
+        # Shuffle by epoch number, not by how many epochs this process has run: a resumed run sees the same batches.
+        loader = self.trainer.train_dataloader
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(self.current_epoch)
+
     def on_train_epoch_end(self) -> None:
         scheduler = self.lr_schedulers()
         if scheduler is not None:
