@@ -195,3 +195,17 @@ def test_the_job_id_names_slurm_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "4240")
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")
     assert job_id() == "4240_2"
+
+
+def test_a_slurm_job_uses_as_many_threads_as_cpus_it_was_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    from distill.runtime import fit_threads_to_allocation
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+        assert fit_threads_to_allocation() == before
+        if before > 1:
+            monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+            assert fit_threads_to_allocation() == 1 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)

@@ -29,7 +29,8 @@ def jobs(folder: Path) -> list[Path]:
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("sweep")
-    result = run_cli(["-m", *cli_job(tmp, "student.fit.epochs=2,4", "distill.kd.temperature=2,4")], tmp, timeout=600)
+    args = ["-m", *cli_job(tmp, "logger=many", "student.fit.epochs=2,4", "distill.kd.temperature=2,4")]
+    result = run_cli(args, tmp, timeout=600, env=cli_env(WANDB_MODE="offline"))
     assert result.returncode == 0, result.stderr[-3000:]
     return sweep_dir(tmp)
 
@@ -68,6 +69,28 @@ def test_the_sweep_summary_lists_overrides_and_results(sweep: Path) -> None:
         "student.fit.epochs=4 distill.kd.temperature=2",
         "student.fit.epochs=4 distill.kd.temperature=4",
     }
+
+
+def test_wandb_groups_the_jobs_of_a_sweep(sweep: Path) -> None:
+    for job in jobs(sweep):
+        assert len(list(job.glob("wandb/offline-run-*/run-*.wandb"))) == 1
+        assert f"W&B group: {sweep.name} (the jobs of this sweep)" in (job / "train.log").read_text()
+
+
+def test_the_wandb_logger_gets_the_sweep_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.conftest import compose_config
+
+    from distill import pipeline
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setattr(pipeline, "sweep_name", lambda: "2026-01-01_00-00-00")
+    (logger,) = pipeline.build_loggers(compose_config(tiny_job(tmp_path, "logger=wandb")))
+    assert logger._wandb_init["group"] == "2026-01-01_00-00-00"
+    (mine,) = pipeline.build_loggers(compose_config(tiny_job(tmp_path, "logger=wandb", "logger.wandb.group=mine")))
+    assert mine._wandb_init["group"] == "mine"  # a group set by the user wins
+    monkeypatch.setattr(pipeline, "sweep_name", lambda: None)
+    (single,) = pipeline.build_loggers(compose_config(tiny_job(tmp_path, "logger=wandb")))
+    assert single._wandb_init.get("group") is None
 
 
 def test_summary_marks_jobs_without_a_report(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ from distill.model_cache import cached_model
 from distill.modules import DistillationModule, SupervisedModule
 from distill.report import measure_models, publish_report
 from distill.resume import check_compatible, find_resume_dir, stage_checkpoint
-from distill.runtime import flush_denormals, tune_cpu_allocator
+from distill.runtime import fit_threads_to_allocation, flush_denormals, tune_cpu_allocator
 from distill.secrets import command_line_has_secret, redact, redact_saved_configs
 from distill.teachers import acquire_teacher, check_teacher_config
 
@@ -113,7 +113,10 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
     def extra(node: DictConfig) -> dict[str, Any]:
         if "Wandb" not in node._target_:
             return {}
-        kwargs: dict[str, Any] = {"group": group} if group and not node.get("group") else {}
+        kwargs: dict[str, Any] = {}
+        if group and not node.get("group"):
+            kwargs["group"] = group
+            log.info("W&B group: %s (the jobs of this sweep)", group)
         if command_line_has_secret(sys.argv[1:]):  # W&B records the command line in its run metadata
             import wandb
 
@@ -348,6 +351,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     redact_saved_configs(out / ".hydra")
     tune_cpu_allocator()
     flush_denormals()
+    fit_threads_to_allocation()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     teacher_cfgs = cfg.get("teacher") or {}
     generations = (cfg.get("born_again") or {}).get("generations", 0)

@@ -42,3 +42,19 @@ def tune_cpu_allocator(threshold_bytes: int = 1 << 30) -> bool:
     except (OSError, AttributeError):
         return False
     return bool(ok)
+
+
+def fit_threads_to_allocation() -> int:
+    """Use as many intra-op threads as CPUs the scheduler gave this job (SLURM_CPUS_PER_TASK).
+
+    Without it every job of a sweep starts one thread per core of the whole node; jobs sharing
+    a node then oversubscribe it and spin against each other. Returns the thread count in use.
+    """
+    import os
+
+    import torch
+
+    allocated = os.environ.get("SLURM_CPUS_PER_TASK")
+    if allocated and allocated.isdigit() and 0 < int(allocated) < torch.get_num_threads():
+        torch.set_num_threads(int(allocated))
+    return torch.get_num_threads()

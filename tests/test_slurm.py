@@ -1,0 +1,153 @@
+"""Sweeps through the SLURM launcher on a real one-node cluster (slurm-wlm + munge on localhost).
+
+The module starts the cluster with scripts/slurm_cluster.sh when the packages are installed and
+no cluster answers, and stops it afterwards; one that was already running is left running.
+Without the packages the tests are skipped, unless DISTILL_REQUIRE_SLURM=1 (CI), which makes
+that a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from tests.conftest import REPO, cli_env, run_cli, tiny_job
+
+SCRIPT = REPO / "scripts" / "slurm_cluster.sh"
+STATE = Path(os.environ.get("TMPDIR", "/tmp")) / "distill-slurm-tests"
+
+
+def cluster_answers() -> bool:
+    try:
+        return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster():
+    if not shutil.which("sbatch") or not shutil.which("slurmctld"):
+        message = "SLURM is not installed (scripts/slurm_cluster.sh install)"
+        if os.environ.get("DISTILL_REQUIRE_SLURM") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    started = False
+    if not cluster_answers():
+        subprocess.run([str(SCRIPT), "start", str(STATE)], check=True, timeout=180)
+        os.environ["SLURM_CONF"] = str(STATE / "slurm.conf")
+        started = True
+    assert cluster_answers()
+    yield
+    if started:
+        subprocess.run([str(SCRIPT), "stop", str(STATE)], check=False, timeout=180)
+
+
+def cli_job(tmp: Path, *extra: str) -> list[str]:
+    return [a for a in tiny_job(tmp) if not a.startswith("paths.output_dir")] + list(extra)
+
+
+def queue_drains(seconds: float = 60) -> bool:
+    """Whether the queue empties (finished jobs linger a moment in COMPLETING) within `seconds`."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        out = subprocess.run(["squeue", "-h"], capture_output=True, text=True)
+        if out.returncode == 0 and not out.stdout.strip():
+            return True
+        time.sleep(1)
+    return False
+
+
+@pytest.fixture(scope="module")
+def slurm_sweep(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess, float]:
+    tmp = tmp_path_factory.mktemp("slurm_sweep")
+    args = [
+        "-m",
+        "hydra/launcher=slurm",
+        "hydra.launcher.timeout_min=15",
+        *cli_job(tmp, "student.fit.epochs=2,3", "distill.kd.temperature=2,4"),
+    ]
+    start = time.perf_counter()
+    result = run_cli(args, tmp, timeout=900)
+    return tmp, result, time.perf_counter() - start
+
+
+def test_a_four_job_sweep_runs_as_slurm_jobs_and_reports_every_job(slurm_sweep) -> None:
+    tmp, result, _ = slurm_sweep
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp / "logs" / "train" / "multiruns").iterdir()
+    jobs = sorted((p for p in sweep.iterdir() if (p / ".hydra").is_dir()), key=lambda p: int(p.name.split("_")[0]))
+    assert len(jobs) == 4
+    for job in jobs:
+        # <job number>_<SLURM array job id>_<array task id>: the job id is SLURM's
+        assert re.fullmatch(r"\d_\d+_\d", job.name), job.name
+        report = json.loads((job / "report.json").read_text())
+        assert {m["model"] for m in report["models"]} == {"teacher:mlp_large", "baseline", "student"}
+    assert (sweep / ".submitit").is_dir()  # submitit's sbatch scripts and job logs
+    assert len({j.name.split("_")[1] for j in jobs}) == 1  # one job array
+    summary = (sweep / "summary.md").read_text()
+    assert "4 jobs" in summary and summary.count("| ok |") == 4
+    assert queue_drains()
+
+
+def test_the_shared_teacher_is_trained_once_for_the_sweep(slurm_sweep) -> None:
+    tmp, result, _ = slurm_sweep
+    assert result.returncode == 0
+    (sweep,) = (tmp / "logs" / "train" / "multiruns").iterdir()
+    logs = [p.read_text() for p in sweep.glob("*/train.log")]
+    assert len(logs) == 4
+    assert sum("Training teacher-mlp_large" in log for log in logs) == 1
+    assert sum("Reusing cached teacher-mlp_large" in log for log in logs) == 3
+    assert len(list((tmp / "logs" / "cache").glob("teacher-mlp_large-*.pt"))) == 1
+
+
+def test_slurm_rejects_an_unknown_partition_in_its_own_words(tmp_path: Path) -> None:
+    args = ["-m", "hydra/launcher=slurm", "hydra.launcher.partition=no_such_partition", *cli_job(tmp_path, "seed=1,2")]
+    result = run_cli(args, tmp_path, timeout=300)
+    assert result.returncode != 0
+    assert "invalid partition specified: no_such_partition" in result.stderr
+
+
+def test_a_sweep_over_an_unknown_option_submits_nothing(tmp_path: Path) -> None:
+    result = run_cli(["-m", "hydra/launcher=slurm", *cli_job(tmp_path, "student=mlp_small,no_such_student")], tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: unknown student option 'no_such_student'")
+    assert not (tmp_path / "logs").exists()
+
+
+def test_sigusr1_saves_a_checkpoint_requeues_and_the_job_continues(tmp_path: Path) -> None:
+    """SIGUSR1 (what `--signal=USR1@<s>` sends before the time limit): Lightning writes
+    hpc_ckpt_1.ckpt and requeues the job; the requeued job continues the interrupted stage."""
+    job = cli_job(tmp_path, "student.fit.epochs=400", "student.fit.batch_size=64", "report.latency_repeats=1")
+    command = " ".join([sys.executable, "-m", "distill.train", *job])
+    submit = subprocess.run(
+        ["sbatch", "--parsable", "--requeue", "-c", "1", "--mem=2G", "-o", str(tmp_path / "slurm-%j.out"),
+         f"--chdir={tmp_path}", "--wrap", f"srun {command}"],
+        capture_output=True, text=True, env=cli_env(), check=True,
+    )  # fmt: skip
+    job_id = submit.stdout.strip().split(";")[0]
+    runs = tmp_path / "logs" / "train" / "runs"
+    deadline = time.time() + 300
+    while not list(runs.glob("*/checkpoints/student/last.ckpt")):  # the student stage is under way
+        assert time.time() < deadline, (tmp_path / f"slurm-{job_id}.out").read_text()[-3000:]
+        time.sleep(1)
+    subprocess.run(["scancel", "--signal=USR1", job_id], check=True)
+    while not list(runs.glob("*/report.json")):
+        assert time.time() < deadline + 300, (tmp_path / f"slurm-{job_id}.out").read_text()[-3000:]
+        time.sleep(2)
+    folders = sorted(runs.iterdir())
+    assert len(folders) == 2 and all(f.name.endswith(f"_{job_id}") for f in folders)
+    first, second = folders
+    hpc = first / "checkpoints" / "student" / "hpc_ckpt_1.ckpt"
+    assert hpc.is_file() and not (first / "report.json").exists()
+    log = (second / "train.log").read_text()
+    assert f"Continuing the interrupted run in {first}" in log
+    assert f"Resuming stage 'student' from {hpc}" in log
+    restarts = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout
+    assert "Restarts=1" in restarts
