@@ -27,6 +27,7 @@ GROUPS = [
     "debug",
     "experiment",
     "extras",
+    "hparams_search",
 ]
 
 
@@ -39,6 +40,8 @@ def test_every_option_composes(group: str, option: str, tmp_path: Path) -> None:
     overrides = [f"{group}={option}", f"paths.output_dir={tmp_path}"]
     if group == "data" and option == "file":
         overrides.append("data.path=some.npz")
+    if group == "hparams_search":
+        overrides = [o for o in overrides if not o.startswith("paths.")]  # a multirun: no fixed output dir
     cfg = compose_config(overrides)
     assert cfg.data._target_.startswith("distill.data.")
     assert cfg.distill and cfg.student.net._target_
@@ -58,12 +61,16 @@ def test_default_config_is_the_mnist1d_job(tmp_path: Path) -> None:
 def test_every_network_instantiates_and_predicts(option: str, tmp_path: Path) -> None:
     group = "teacher" if option in options("teacher") else "student"
     cfg = compose_config([f"{group}={option}", f"paths.output_dir={tmp_path}"])
-    for data, shape in (("mnist1d", [40]), ("digits", [64])):
+    node = cfg.teacher[option].net if group == "teacher" else cfg.student.net
+    images = not node._target_.startswith(("distill.nets.MLP", "distill.nets.ConvNet1d"))
+    shapes = ((3, 32, 32), (1, 28, 28)) if images else ((40,), (64,))
+    for shape in shapes:
+        if node._target_.startswith("torchvision") and shape[0] == 1:
+            continue  # torchvision's ImageNet models take 3 channels
         with open_dict(cfg):
-            cfg.data.input_shape, cfg.data.num_classes = shape, 10
-        node = cfg.teacher[option].net if group == "teacher" else cfg.student.net
+            cfg.data.input_shape, cfg.data.num_classes = list(shape), 10
         net = hydra.utils.instantiate(node)
-        assert net(torch.randn(3, *shape)).shape == (3, 10), data
+        assert net(torch.randn(3, *shape)).shape == (3, 10), shape
 
 
 @pytest.mark.parametrize("option", options("distill"))
@@ -131,3 +138,27 @@ def test_every_compression_stage_instantiates(option: str, tmp_path: Path) -> No
     cfg = compose_config([f"compress=[{option}]", f"paths.output_dir={tmp_path}"])
     stage = hydra.utils.instantiate(cfg.compress[option])
     assert callable(stage.apply)
+
+
+@pytest.mark.parametrize(
+    "option", [o for o in options("experiment") if o.startswith("cifar100_") and o != "cifar100_base"]
+)
+def test_cifar100_experiments_carry_the_published_recipe(option: str, tmp_path: Path) -> None:
+    cfg = compose_config([f"experiment={option}", f"paths.output_dir={tmp_path}"])
+    assert cfg.data.dataset == "cifar100" and cfg.data.val_size == 0 and cfg.data.augment
+    student_lr = 0.01 if cfg.student.net._target_.endswith(("shufflenetv2", "mobilenetv2")) else 0.05
+    recipes = [next(iter(cfg.teacher.values())).fit, cfg.student.fit, cfg.student.baseline]
+    for recipe, lr in zip(recipes, (0.05, student_lr, student_lr), strict=True):
+        assert recipe.batch_size == 64 and recipe.epochs == 240
+        assert recipe.optimizer._target_ == "torch.optim.SGD" and recipe.optimizer.lr == lr
+        assert recipe.optimizer.momentum == 0.9 and recipe.optimizer.weight_decay == 5e-4
+        assert list(recipe.scheduler.milestones) == [150, 180, 210] and recipe.scheduler.gamma == 0.1
+    method = option.rsplit("_", 1)[1]
+    assert method in cfg.distill and "hard" in cfg.distill
+    if method == "kd":
+        assert (cfg.distill.hard.weight, cfg.distill.kd.weight, cfg.distill.kd.temperature) == (0.1, 0.9, 4.0)
+    if method == "dkd":
+        beta = {"res56_res20": 2.0, "wrn40_2_wrn16_2": 6.0, "vgg13_vgg8": 6.0}.get(option[9:-4], 8.0)
+        assert cfg.distill.dkd.beta == beta and cfg.distill.dkd.warmup_epochs == 20
+    if method == "crd":
+        assert cfg.distill.crd.weight == 0.8 and cfg.distill.crd.num_negatives == 16384

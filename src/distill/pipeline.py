@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import os
 import sys
@@ -74,11 +75,7 @@ def build_data(cfg: DictConfig) -> ArrayDataModule:
     with open_dict(cfg):
         cfg.data.num_classes = dm.num_classes
         cfg.data.input_shape = list(dm.input_shape)
-    log.info(
-        "Data: %d train, %d transfer, %d val, %d test samples of shape %s, %d classes",
-        len(dm.tensors["x_train"]), dm.num_transfer, len(dm.tensors["x_val"]), len(dm.tensors["x_test"]),
-        list(dm.input_shape), dm.num_classes,
-    )  # fmt: skip
+    log.info("Data: %s", dm.describe())
     return dm
 
 
@@ -175,8 +172,19 @@ def fit_stage(
     for loader in (train_loader, val_loader):
         if hasattr(loader, "sharded"):
             loader.sharded = trainer.world_size > 1
-    # weights_only: a checkpoint file cannot run code when it is loaded.
-    trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt, weights_only=True)
+    nets = [module.net, *getattr(module, "teachers", {}).values()]
+    if (cfg.get("data") or {}).get("channels_last"):  # inputs come channels-last: so should conv weights
+        for net in nets:
+            net.to(memory_format=torch.channels_last)
+    if cfg.get("compile"):
+        for net in nets:
+            net.compile()  # in place: parameter names (checkpoints, cache) stay as they are
+    try:
+        # weights_only: a checkpoint file cannot run code when it is loaded.
+        trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt, weights_only=True)
+    finally:
+        for net in nets:
+            net._compiled_call_impl = None  # measured, exported and compressed as the plain module
 
 
 def fit_payload(cfg: DictConfig, kind: str, net: DictConfig, fit: DictConfig) -> dict[str, Any]:
@@ -241,9 +249,9 @@ def distillation_module(
         optimizer=build(fit.optimizer, "student optimizer"),
         scheduler=build(fit.scheduler, "student scheduler") if fit.get("scheduler") else None,
         num_classes=dm.num_classes,
-        example_input=dm.tensors["x_train"][:2],
+        example_input=dm.model_inputs("train", 2),
         cache_teacher_outputs=cfg.get("cache_teacher_outputs", True),
-        num_samples=len(dm.tensors["x_train"]) + dm.num_transfer,
+        num_samples=dm.num_train + dm.num_transfer,
         multi_teacher=cfg.get("multi_teacher", "mean_logits"),
         prefix=prefix,
         gradient_clip_val=fit.get("gradient_clip_val"),
@@ -322,10 +330,12 @@ def compress(
         short.student.fit.epochs, short.student.fit.optimizer.lr = epochs, lr
         distill(short, dm, model, teachers, loggers, stage=f"compress_{current_stage}")
 
-    calibration = [batch["x"] for batch in dm.train_dataloader(256)]
+    calibration = [batch["x"].cpu() for batch in itertools.islice(dm.train_dataloader(256), 16)]
     # Ranks other than 0 repeat every stage (so that training stages run on all of them) into a scratch folder.
     out_dir = out / "compressed" if distributed.is_global_zero() else Path(tempfile.mkdtemp(prefix="distill-rank"))
-    ctx = StageContext(dm.tensors["x_val"][:64], calibration, out_dir, dm.num_classes, redistill if teachers else None)
+    ctx = StageContext(
+        dm.model_inputs("val", 64), calibration, out_dir, dm.num_classes, redistill if teachers else None
+    )
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     current: nn.Module | Path = student
     results: dict[str, nn.Module | Path] = {}

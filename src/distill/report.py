@@ -61,7 +61,7 @@ def measure_models(
     logits = {name: run_model(model) for name, model in models.items()}
     targets = next(iter(logits.values()))[1]
     reference = torch.stack([logits[n][0] for n in teacher_names]).mean(0) if teacher_names else None
-    example = dm.tensors["x_test"][:1]
+    example = dm.model_inputs("test", 1)
     rows = []
     for name, model in models.items():
         row: dict[str, Any] = {"model": name}

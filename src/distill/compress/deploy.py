@@ -66,23 +66,26 @@ class OnnxExport:
 
     Uses the TorchScript exporter (`torch.onnx.export(..., dynamo=False)`) on an eval-mode deep copy; the
     model passed in is left as it was. The ONNX Runtime outputs on `ctx.example_input` at batch size 1 and at
-    the full batch must match PyTorch within `atol`.
+    the full batch must match PyTorch within `atol + rtol * |PyTorch's output|` (as `numpy.allclose`):
+    deep convolutional networks reorder float sums enough to move large logits by more than 1e-4.
     """
 
     filename = "model.onnx"
 
-    def __init__(self, opset: int = 17, atol: float = 1e-4) -> None:
+    def __init__(self, opset: int = 17, atol: float = 1e-4, rtol: float = 1e-4) -> None:
         if isinstance(opset, bool) or not isinstance(opset, int) or not 9 <= opset <= 20:
             raise DistillError(f"OnnxExport: opset must be an integer in [9, 20], got {opset!r}")
         if isinstance(atol, bool) or not isinstance(atol, (int, float)) or not atol > 0:
             raise DistillError(f"OnnxExport: atol must be a positive number, got {atol!r}")
+        if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not rtol >= 0:
+            raise DistillError(f"OnnxExport: rtol must be a non-negative number, got {rtol!r}")
         self.opset = opset
-        self.atol = float(atol)
+        self.atol, self.rtol = float(atol), float(rtol)
 
     def _parity(self, model: nn.Module, path: Path, example: Tensor, name: str, tracer_warnings: list[str]) -> float:
         """Largest |ONNX Runtime − PyTorch| over the example inputs at batch size 1 and at the full batch."""
         session = onnx_session(path)
-        max_diff = 0.0
+        max_diff, within = 0.0, True
         sizes = sorted({1, len(example)})
         for size in sizes:
             x = example[:size]
@@ -95,11 +98,12 @@ class OnnxExport:
                     f"at batch size {size}"
                 )
             max_diff = max(max_diff, float(np.abs(got - expected).max()))
-        if not max_diff <= self.atol:
+            within = within and bool(np.allclose(got, expected, rtol=self.rtol, atol=self.atol))
+        if not within:
             hint = f" (tracer warnings: {'; '.join(tracer_warnings)})" if tracer_warnings else ""
             raise DistillError(
-                f"ONNX export of {name}: ONNX Runtime differs from PyTorch by {max_diff:.3g} > atol {self.atol:g} "
-                f"at batch sizes {sizes}{hint}"
+                f"ONNX export of {name}: ONNX Runtime differs from PyTorch by {max_diff:.3g}, beyond atol {self.atol:g} "
+                f"+ rtol {self.rtol:g} x |output| at batch sizes {sizes}{hint}"
             )
         return max_diff
 

@@ -65,6 +65,8 @@ class ArrayDataModule(L.LightningDataModule):
     """
 
     source = "dataset"
+    #: keep uint8 samples (images) as uint8 in memory; the loaders turn them into model inputs
+    keep_uint8 = False
 
     def __init__(
         self,
@@ -106,7 +108,11 @@ class ArrayDataModule(L.LightningDataModule):
             raise DistillError(
                 f"{self.source}: data.input_shape={list(self._declared_shape)} but samples have shape {list(self.input_shape)}"
             )
-        as_x = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)  # noqa: E731
+
+        def as_x(a: np.ndarray) -> torch.Tensor:
+            dtype = torch.uint8 if self.keep_uint8 and a.dtype == np.uint8 else torch.float32
+            return torch.as_tensor(np.ascontiguousarray(a), dtype=dtype)
+
         as_y = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.long)  # noqa: E731
         self.tensors = {
             "x_train": as_x(splits.x_train), "y_train": as_y(splits.y_train),
@@ -119,6 +125,22 @@ class ArrayDataModule(L.LightningDataModule):
     @property
     def num_transfer(self) -> int:
         return len(self.tensors["x_transfer"])
+
+    @property
+    def num_train(self) -> int:
+        return len(self.tensors["x_train"])
+
+    def describe(self) -> str:
+        """One line for the log: split sizes, sample shape, classes."""
+        t = self.tensors
+        return (
+            f"{len(t['x_train'])} train, {self.num_transfer} transfer, {len(t['x_val'])} val, {len(t['x_test'])} test "
+            f"samples of shape {list(self.input_shape)}, {self.num_classes} classes"
+        )
+
+    def model_inputs(self, split: str, n: int) -> torch.Tensor:
+        """The first `n` samples of `split` ("train", "val", "test") as a model takes them, on the CPU."""
+        return self.tensors[f"x_{split}"][:n]
 
     def train_dataloader(self, batch_size: int | None = None) -> TensorBatches:
         """The labelled training set, shuffled; `batch_size` defaults to the data config's."""

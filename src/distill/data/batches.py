@@ -55,6 +55,10 @@ class TensorBatches:
             return len(self.x) // world
         return len(range(rank, len(self.x), world))  # evaluation: every sample once, over all ranks
 
+    def inputs(self, start: int, stop: int) -> Tensor:
+        """Rows `start:stop` as model inputs (unshuffled, unaugmented): for computing teacher outputs once."""
+        return self.x[start:stop]
+
     def set_epoch(self, epoch: int) -> None:
         """Shuffle for `epoch` next: the order depends on (seed, epoch) alone, so a resumed run sees the same batches."""
         self.epoch = epoch

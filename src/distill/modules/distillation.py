@@ -208,7 +208,7 @@ class DistillationModule(ClassifierModule):
         convert = self.trainer.precision_plugin.convert_input
         chunks = []
         for start in range(0, len(loader.x), 4096):
-            x = convert(loader.x[start : start + 4096].to(self.device))
+            x = convert(loader.inputs(start, start + 4096).to(self.device))
             y = loader.y[start : start + 4096].to(self.device)
             chunks.append(self._view({"y": y}, x, self._run_teachers(x)).teacher_logits)
         self._val_teacher = torch.cat(chunks)
@@ -222,14 +222,14 @@ class DistillationModule(ClassifierModule):
         if not self.teachers:
             return
         convert = self.trainer.precision_plugin.convert_input  # e.g. bf16 inputs under bf16-true
-        probe = self._run_teachers(convert(x[:1].to(self.device)))
+        probe = self._run_teachers(convert(loader.inputs(0, 1).to(self.device)))
         row_bytes = sum(v.numel() * v.element_size() for out in probe.values() for v in out.values())
         if row_bytes * len(x) > self.cache_limit_bytes:
             self._cache = None
             return
         chunks: dict[str, dict[str, list[Tensor]]] = {n: {k: [] for k in out} for n, out in probe.items()}
         for start in range(0, len(x), 4096):
-            for n, out in self._run_teachers(convert(x[start : start + 4096].to(self.device))).items():
+            for n, out in self._run_teachers(convert(loader.inputs(start, start + 4096).to(self.device))).items():
                 for k, v in out.items():
                     chunks[n][k].append(v)
         self._cache = {n: {k: torch.cat(v) for k, v in d.items()} for n, d in chunks.items()}
