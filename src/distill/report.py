@@ -30,9 +30,12 @@ log = logging.getLogger(__name__)
 COLUMNS = {  # key: (header, format)
     "model": ("model", "{}"),
     "accuracy": ("test acc", "{:.4f}"),
+    "perplexity": ("test ppl", "{:.3f}"),
+    "val_perplexity": ("val ppl", "{:.3f}"),
     "agreement": ("agree w/ teacher", "{:.4f}"),
     "calibration_error": ("ECE", "{:.4f}"),
     "parameters": ("params", "{:,}"),
+    "trainable_parameters": ("trainable", "{:,}"),
     "nonzero_parameters": ("non-zero params", "{:,}"),
     "bytes": ("bytes on disk", "{:,}"),
     "flops": ("FLOPs/sample", "{:,}"),
@@ -155,15 +158,16 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     latency = next((k for k in _columns(rows) if k.startswith("latency_ms_batch_")), None)
     axes_keys = [("bytes", "bytes on disk")] + ([(latency, _header(latency))] if latency else [])
     fig, axes = plt.subplots(1, len(axes_keys), figsize=(6 * len(axes_keys), 4), dpi=110, squeeze=False)
+    metric = "accuracy" if all("accuracy" in r for r in rows) else "perplexity"
     for ax, (key, label) in zip(axes[0], axes_keys, strict=True):
         for r in rows:
-            ax.scatter(r[key], r["accuracy"], s=40)
-            ax.annotate(r["model"], (r[key], r["accuracy"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            ax.scatter(r[key], r[metric], s=40)
+            ax.annotate(r["model"], (r[key], r[metric]), textcoords="offset points", xytext=(5, 4), fontsize=8)
         ax.set_xscale("log")
         ax.set_xlabel(label)
-        ax.set_ylabel("test accuracy")
+        ax.set_ylabel(f"test {metric}")
         ax.grid(True, alpha=0.3)
-    fig.suptitle("accuracy vs. size and latency")
+    fig.suptitle(f"{metric} vs. size and latency")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -183,13 +187,15 @@ def publish_report(
     title: str,
     failure: dict[str, str] | None = None,
     extra: dict[str, Any] | None = None,
+    summary: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Print the table; write report.json, report.md and report.png to `out`; send them to the loggers.
 
     `extra` entries go to the top level of report.json (e.g. `student_val_accuracy`).
     """
     out.mkdir(parents=True, exist_ok=True)
-    report = {"title": title, "models": rows, "summary": summarize(rows), **(extra or {})}
+    summary = summarize(rows) if summary is None else summary
+    report = {"title": title, "models": rows, "summary": summary, **(extra or {})}
     if failure:
         report["failed"] = failure
     plot(rows, out / "report.png")

@@ -1,0 +1,1 @@
+"""Distillation for causal language models: token-level losses in `distill.llm.losses`."""

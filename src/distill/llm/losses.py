@@ -1,0 +1,302 @@
+"""Token-level distillation losses for causal language models.
+
+Every function takes student and teacher logits of shape [B, L, V] (or [N, V]) and labels of
+shape [B, L] (or [N]) that are already aligned with the logits: position i of the logits
+predicts labels[i] (the caller shifts them, as in a causal LM's loss). Labels equal to
+`IGNORE_INDEX` (-100) mark positions to skip (prompt and padding); only their positions are
+used, never their values, so a distillation loss works on sampled continuations too.
+
+Each function returns the mean over the valid (label != -100) tokens of a per-token
+divergence between the teacher's distribution p = softmax(t / T) and the student's
+q = softmax(s / T) over the vocabulary. A batch without a valid token gives a zero that
+keeps a grad_fn connected to the student logits.
+
+Temperature: logits are divided by T, and **no T² factor** is applied (unlike the Hinton
+`KDLoss` of `distill.losses.response`). This follows the usual practice for LLM token-level
+distillation (GKD, Agarwal et al. 2024; MiniLLM, Gu et al. 2024; DistiLLM, Ko et al. 2024),
+which train at T = 1, the default here.
+
+Numerics: log-softmax runs in float32 (bf16/fp16 inputs are upcast; float64 stays float64);
+probabilities that are exactly 0 (e.g. teacher logits of -inf on a masked part of the
+vocabulary) contribute 0 · log 0 = 0, not NaN. Teacher logits are detached: the teacher is
+frozen and receives no gradient.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from distill.errors import DistillError
+from distill.losses.base import LossTerm, StepView
+
+IGNORE_INDEX = -100  # label of a position that no loss counts (prompt, padding)
+
+KINDS = ("forward", "reverse", "jsd", "skew_forward", "skew_reverse", "tv")
+
+
+# -- validation ---------------------------------------------------------------------------------
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_temperature(owner: str, value: object) -> float:
+    if not _is_number(value) or value <= 0:
+        raise DistillError(f"{owner}: temperature must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _check_beta(owner: str, value: object) -> float:
+    if not _is_number(value) or not 0 <= value <= 1:
+        raise DistillError(f"{owner}: beta must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def _check_alpha(owner: str, value: object) -> float:
+    if not _is_number(value) or not 0 <= value < 1:
+        raise DistillError(f"{owner}: alpha must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def _check_shapes(owner: str, student_logits: Tensor, teacher_logits: Tensor | None, labels: Tensor) -> None:
+    if student_logits.ndim < 2:
+        raise DistillError(f"{owner}: logits must have shape [..., vocab], got {list(student_logits.shape)}")
+    if teacher_logits is not None:
+        v_s, v_t = student_logits.shape[-1], teacher_logits.shape[-1]
+        if v_s != v_t:
+            raise DistillError(f"student and teacher vocabularies differ: {v_s} vs {v_t}")
+        if student_logits.shape != teacher_logits.shape:
+            raise DistillError(
+                f"{owner}: student and teacher logits differ in shape: "
+                f"{list(student_logits.shape)} vs {list(teacher_logits.shape)}"
+            )
+    if labels.shape != student_logits.shape[:-1]:
+        raise DistillError(
+            f"{owner}: labels must have the logits' shape without the vocabulary, "
+            f"{list(student_logits.shape[:-1])}, got {list(labels.shape)}"
+        )
+
+
+# -- building blocks ----------------------------------------------------------------------------
+
+
+def _log_probs(logits: Tensor, temperature: float) -> Tensor:
+    """log softmax(z / T) over the last dim, in float32 at least."""
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    return F.log_softmax(logits / temperature if temperature != 1 else logits, dim=-1)
+
+
+def _prepare(
+    owner: str, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, temperature: float
+) -> tuple[Tensor, Tensor]:
+    """(log q_student, log p_teacher) at temperature T, after checking shapes; the teacher detached."""
+    _check_shapes(owner, student_logits, teacher_logits, labels)
+    temperature = _check_temperature(owner, temperature)
+    log_q = _log_probs(student_logits, temperature)
+    log_p = _log_probs(teacher_logits.detach(), temperature).to(log_q.dtype)
+    return log_q, log_p
+
+
+def _kl_per_token(log_a: Tensor, log_b: Tensor) -> Tensor:
+    """KL(a ‖ b) = Σ_v a (log a − log b) over the last dim, with 0 wherever a = 0.
+
+    The difference is zeroed where a = 0 *before* the product, so that neither the value nor
+    the gradient is NaN there (0 · (−inf) in the forward, 0 · inf in the backward).
+    """
+    a = log_a.exp()
+    diff = torch.where(a > 0, log_a - log_b, torch.zeros_like(log_a))
+    return (a * diff).sum(dim=-1)
+
+
+def _log_mix(log_a: Tensor, log_b: Tensor, w: float) -> Tensor:
+    """log(w · a + (1 − w) · b) for 0 < w < 1, from log a and log b, stable in log space.
+
+    Where both a and b are 0 the result is −inf with a zero gradient (torch's logaddexp alone
+    gives a NaN gradient there).
+    """
+    x = log_a + math.log(w)
+    y = log_b + math.log1p(-w)
+    both_zero = (x == -math.inf) & (y == -math.inf)
+    zero = torch.zeros_like(x)
+    mixed = torch.logaddexp(torch.where(both_zero, zero, x), torch.where(both_zero, zero, y))
+    return torch.where(both_zero, torch.full_like(mixed, -math.inf), mixed)
+
+
+def _masked_mean(per_token: Tensor, labels: Tensor) -> Tensor:
+    """Mean of `per_token` over positions whose label is not IGNORE_INDEX; 0 (with a grad_fn) if none is.
+
+    Positions are selected with `where`, not boolean indexing (no host sync), so whatever the
+    ignored positions hold never reaches the value.
+    """
+    valid = labels != IGNORE_INDEX
+    total = torch.where(valid, per_token, torch.zeros_like(per_token)).sum()
+    return total / valid.sum().clamp(min=1)
+
+
+# -- the divergences ----------------------------------------------------------------------------
+
+
+def forward_kl(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, temperature: float = 1.0) -> Tensor:
+    """Forward KL(p_T ‖ q_S) = Σ_v p_t (log p_t − log q_s), mean over valid tokens; no T² factor.
+
+    Mode-covering: the student is pushed to put mass wherever the teacher does. This is the
+    token-level "supervised KD" objective (Sanh et al.; Kim & Rush's word-level KD).
+    """
+    log_q, log_p = _prepare("forward_kl", student_logits, teacher_logits, labels, temperature)
+    return _masked_mean(_kl_per_token(log_p, log_q), labels)
+
+
+def reverse_kl(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, temperature: float = 1.0) -> Tensor:
+    """Reverse KL(q_S ‖ p_T) = Σ_v q_s (log q_s − log p_t), mean over valid tokens; no T² factor.
+
+    Mode-seeking (MiniLLM, Gu et al. 2024). It is +inf where the teacher gives probability 0
+    (logit −inf) to a token the student does not exclude: mask the student's logits the same
+    way when the teacher's vocabulary is masked.
+    """
+    log_q, log_p = _prepare("reverse_kl", student_logits, teacher_logits, labels, temperature)
+    return _masked_mean(_kl_per_token(log_q, log_p), labels)
+
+
+def generalized_jsd(
+    student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, beta: float = 0.5, temperature: float = 1.0
+) -> Tensor:
+    """Generalized Jensen-Shannon divergence of GKD (Agarwal et al. 2024), mean over valid tokens; no T² factor.
+
+    With the mixture m = β · p_T + (1 − β) · q_S:
+    JSD_β = β · KL(p_T ‖ m) + (1 − β) · KL(q_S ‖ m), computed in log space
+    (log m = logsumexp(log β + log p_t, log(1 − β) + log q_s)). β = 0.5 is the symmetric JSD.
+
+    The endpoints follow the GKD paper and TRL's `generalized_jsd_loss`: the formula above is
+    identically 0 at β = 0 and β = 1, so these are defined separately as β = 0 → forward
+    KL(p_T ‖ q_S) and β = 1 → reverse KL(q_S ‖ p_T), and return exactly `forward_kl` and
+    `reverse_kl`. The function is therefore discontinuous at the ends: for β close to (but not
+    at) 0 or 1 the value tends to 0, not to the KLs (JSD_β ≈ β · KL(p_T ‖ q_S) for small β,
+    ≈ (1 − β) · KL(q_S ‖ p_T) for β near 1).
+    """
+    beta = _check_beta("generalized_jsd", beta)
+    if beta == 0:
+        return forward_kl(student_logits, teacher_logits, labels, temperature)
+    if beta == 1:
+        return reverse_kl(student_logits, teacher_logits, labels, temperature)
+    log_q, log_p = _prepare("generalized_jsd", student_logits, teacher_logits, labels, temperature)
+    log_m = _log_mix(log_p, log_q, beta)
+    per_token = beta * _kl_per_token(log_p, log_m) + (1 - beta) * _kl_per_token(log_q, log_m)
+    return _masked_mean(per_token, labels)
+
+
+def skew_forward_kl(
+    student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, alpha: float = 0.1, temperature: float = 1.0
+) -> Tensor:
+    """DistiLLM's skew KL (Ko et al. 2024): KL(p_T ‖ α · p_T + (1 − α) · q_S), mean over valid tokens; no T².
+
+    α in [0, 1); α = 0 is exactly `forward_kl`. Mixing some teacher mass into the student's
+    side keeps the divergence finite and its gradient bounded when q_S is near 0. The mixture
+    is computed in log space.
+    """
+    alpha = _check_alpha("skew_forward_kl", alpha)
+    if alpha == 0:
+        return forward_kl(student_logits, teacher_logits, labels, temperature)
+    log_q, log_p = _prepare("skew_forward_kl", student_logits, teacher_logits, labels, temperature)
+    return _masked_mean(_kl_per_token(log_p, _log_mix(log_p, log_q, alpha)), labels)
+
+
+def skew_reverse_kl(
+    student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, alpha: float = 0.1, temperature: float = 1.0
+) -> Tensor:
+    """DistiLLM's skew reverse KL (Ko et al. 2024): KL(q_S ‖ α · q_S + (1 − α) · p_T), mean over valid tokens; no T².
+
+    α in [0, 1); α = 0 is exactly `reverse_kl`. With α > 0 the value stays finite even where
+    the teacher's probability is 0. The mixture is computed in log space.
+    """
+    alpha = _check_alpha("skew_reverse_kl", alpha)
+    if alpha == 0:
+        return reverse_kl(student_logits, teacher_logits, labels, temperature)
+    log_q, log_p = _prepare("skew_reverse_kl", student_logits, teacher_logits, labels, temperature)
+    return _masked_mean(_kl_per_token(log_q, _log_mix(log_q, log_p, alpha)), labels)
+
+
+def total_variation(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, temperature: float = 1.0) -> Tensor:
+    """Total variation distance 0.5 · Σ_v |p_t − q_s|, mean over valid tokens, in [0, 1]; no T² factor."""
+    log_q, log_p = _prepare("total_variation", student_logits, teacher_logits, labels, temperature)
+    per_token = 0.5 * (log_p.exp() - log_q.exp()).abs().sum(dim=-1)
+    return _masked_mean(per_token, labels)
+
+
+def lm_loss(student_logits: Tensor, labels: Tensor) -> Tensor:
+    """Causal LM cross-entropy −log q_s(labels[i]) at T = 1, mean over valid tokens.
+
+    Logits and labels must already be aligned (position i predicts labels[i]; shift before
+    calling); IGNORE_INDEX (-100) positions are skipped. Computed in float32 at least. A batch
+    without a valid token gives 0 with a grad_fn.
+    """
+    _check_shapes("lm_loss", student_logits, None, labels)
+    logits = student_logits.float() if student_logits.dtype in (torch.float16, torch.bfloat16) else student_logits
+    total = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+    return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
+
+
+# -- loss terms ---------------------------------------------------------------------------------
+
+
+class TokenKLLoss(LossTerm):
+    """A token-level divergence between the student's and the teacher's next-token distributions.
+
+    `kind` picks the divergence: "forward" (`forward_kl`), "reverse" (`reverse_kl`), "jsd"
+    (`generalized_jsd` with `beta`), "skew_forward" / "skew_reverse" (`skew_forward_kl` /
+    `skew_reverse_kl` with `alpha`), "tv" (`total_variation`). Logits are divided by
+    `temperature`; no T² factor is applied (see the module docstring).
+
+    Reads `view.student_logits` and `view.teacher_logits` ([B, L, V]) and takes the labels from
+    `view.targets` ([B, L], already shifted to align with the logits, -100 where ignored).
+    """
+
+    needs_teacher = True
+
+    def __init__(
+        self,
+        weight: float = 1.0,
+        kind: str = "forward",
+        temperature: float = 1.0,
+        beta: float = 0.5,
+        alpha: float = 0.1,
+    ) -> None:
+        super().__init__(weight)
+        if kind not in KINDS:
+            raise DistillError(f"TokenKLLoss: kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        self.kind = kind
+        self.temperature = _check_temperature("TokenKLLoss", temperature)
+        self.beta = _check_beta("TokenKLLoss", beta)
+        self.alpha = _check_alpha("TokenKLLoss", alpha)
+
+    def forward(self, view: StepView) -> Tensor:
+        if view.teacher_logits is None:
+            raise DistillError("TokenKLLoss needs a teacher, and this run has none")
+        s, t, labels, temp = view.student_logits, view.teacher_logits, view.targets, self.temperature
+        if self.kind == "forward":
+            return forward_kl(s, t, labels, temp)
+        if self.kind == "reverse":
+            return reverse_kl(s, t, labels, temp)
+        if self.kind == "jsd":
+            return generalized_jsd(s, t, labels, self.beta, temp)
+        if self.kind == "skew_forward":
+            return skew_forward_kl(s, t, labels, self.alpha, temp)
+        if self.kind == "skew_reverse":
+            return skew_reverse_kl(s, t, labels, self.alpha, temp)
+        return total_variation(s, t, labels, temp)
+
+
+class LMLoss(LossTerm):
+    """The causal LM cross-entropy (`lm_loss`) of the student on `view.targets` as a loss term; no teacher."""
+
+    needs_teacher = False
+
+    def forward(self, view: StepView) -> Tensor:
+        return lm_loss(view.student_logits, view.targets)

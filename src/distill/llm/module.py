@@ -1,0 +1,263 @@
+"""LightningModule for causal-LM distillation: token-level and hidden-state terms, on-policy and
+sequence-level batches, perplexity and next-token agreement."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from distill.errors import DistillError
+from distill.llm.losses import IGNORE_INDEX, lm_loss
+from distill.losses.base import LossTerm, StepView
+
+
+class HiddenStateLoss(LossTerm):
+    """Hidden-state distillation: MSE between mapped student and teacher layers' hidden states.
+
+    `layer_map` pairs student and teacher layers (`[[student, teacher], ...]`, indices into the
+    models' `hidden_states`: 0 is the embedding output). When widths differ, a learned linear
+    projection maps each student layer to its teacher layer's width (as in TinyBERT, Jiao et al.
+    2020); it trains with the student and is not part of it. Averaged over non-padding tokens.
+    """
+
+    def __init__(self, layer_map: list[list[int]], weight: float = 1.0) -> None:
+        super().__init__(weight)
+        if not layer_map or any(len(pair) != 2 for pair in layer_map):
+            raise DistillError(
+                f"hidden-state distillation: layer_map must be [[student, teacher], ...], got {layer_map}"
+            )
+        self.layer_map = [(int(s), int(t)) for s, t in layer_map]
+        self.student_layers = tuple(f"hidden.{s}" for s, _ in self.layer_map)
+        self.teacher_layers = tuple(f"hidden.{t}" for _, t in self.layer_map)
+        self.projections = nn.ModuleList()
+
+    def build(self, view: StepView) -> None:
+        self.projections = nn.ModuleList()
+        for i in range(len(self.layer_map)):
+            s, t = self.feature_pair(view, i)
+            self.projections.append(
+                nn.Identity() if s.shape[-1] == t.shape[-1] else nn.Linear(s.shape[-1], t.shape[-1])
+            )
+
+    def forward(self, view: StepView) -> Tensor:
+        mask = view.index  # the attention mask travels in `index` for this term (see LMDistillationModule)
+        total = view.student_logits.new_zeros(())
+        for i, projection in enumerate(self.projections):
+            s, t = self.feature_pair(view, i)
+            error = (projection(s.float()) - t.float()).pow(2).mean(-1)
+            total = total + (error * mask).sum() / mask.sum().clamp_min(1)
+        return total / max(len(self.projections), 1)
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+class LMDistillationModule(L.LightningModule):
+    """Train a causal LM `student`, from `teachers` when given (else on the language-modelling loss alone).
+
+    Per step: `lm_weight` x the language-modelling loss on the batch's labels, plus every term's
+    weight x its value (token-level divergences, hidden states). With `on_policy_fraction`, that
+    share of batches is replaced by the student's own sampled continuations of the batch's
+    prompts (on-policy distillation, Agarwal et al. 2024); with `sequence_kd_fraction`, by the
+    teacher's (sequence-level KD, Kim & Rush 2016). Generated tokens carry no language-modelling
+    loss on on-policy batches (they are the student's own). Teachers are frozen, kept out of the
+    optimiser and out of checkpoints.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teachers: Mapping[str, nn.Module],
+        terms: Mapping[str, LossTerm],
+        optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer],
+        lm_weight: float = 1.0,
+        scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
+        on_policy_fraction: float = 0.0,
+        sequence_kd_fraction: float = 0.0,
+        prompt_len: int = 16,
+        generation_temperature: float = 1.0,
+        seed: int = 0,
+        prefix: str = "student",
+        pad_token_id: int = 0,
+    ) -> None:
+        super().__init__()
+        for name, value in (("on_policy_fraction", on_policy_fraction), ("sequence_kd_fraction", sequence_kd_fraction)):
+            if not 0 <= value <= 1:
+                raise DistillError(f"{name} must be in [0, 1], got {value}")
+        if on_policy_fraction + sequence_kd_fraction > 1:
+            raise DistillError("on_policy_fraction + sequence_kd_fraction must be at most 1")
+        if (terms or sequence_kd_fraction) and not teachers:
+            raise DistillError("token-level terms and sequence-level KD need a teacher")
+        self.student = student
+        self.teachers = {n: freeze(t) for n, t in teachers.items()}  # a plain dict: not submodules
+        self.terms = nn.ModuleDict(dict(terms))
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.lm_weight = float(lm_weight)
+        self.on_policy_fraction, self.sequence_kd_fraction = on_policy_fraction, sequence_kd_fraction
+        self.prompt_len, self.generation_temperature = prompt_len, generation_temperature
+        self.seed, self.prefix, self.pad_token_id = seed, prefix, pad_token_id
+        self.hidden = any(term.student_layers for term in self.terms.values())
+        self._val: dict[str, float] = {}
+        self.generated_batches = {"on_policy": 0, "sequence_kd": 0}
+
+    @property
+    def net(self) -> nn.Module:
+        """The model being trained (the name every module of the project uses)."""
+        return self.student
+
+    def on_train_epoch_start(self) -> None:
+        loader = self.trainer.train_dataloader  # shuffle by epoch number: a resumed run sees the same batches
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(self.current_epoch)
+
+    # -- teachers follow the student's device and stay in eval mode ---------------------------------
+    def _apply(self, fn, *args, **kwargs):  # noqa: ANN001
+        super()._apply(fn, *args, **kwargs)
+        for teacher in self.teachers.values():
+            teacher._apply(fn, *args, **kwargs)
+        return self
+
+    def train(self, mode: bool = True) -> LMDistillationModule:
+        super().train(mode)
+        for teacher in self.teachers.values():
+            teacher.eval()
+        return self
+
+    # -- the step -------------------------------------------------------------------------------
+    def _forward(self, model: nn.Module, batch: dict[str, Tensor], hidden: bool) -> Any:
+        return model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=hidden,
+            use_cache=False,
+        )  # fmt: skip
+
+    def _view(self, batch: dict[str, Tensor], out_s: Any, outs_t: dict[str, Any]) -> StepView:
+        logits = out_s.logits[:, :-1]
+        teachers_logits = {n: o.logits[:, :-1] for n, o in outs_t.items()}
+        teacher_logits = torch.stack(list(teachers_logits.values())).mean(0) if teachers_logits else None
+        features: dict[str, Tensor] = {}
+        teacher_features: dict[str, dict[str, Tensor]] = {n: {} for n in outs_t}
+        if self.hidden:
+            features = {f"hidden.{i}": h for i, h in enumerate(out_s.hidden_states)}
+            teacher_features = {n: {f"hidden.{i}": h for i, h in enumerate(o.hidden_states)} for n, o in outs_t.items()}
+        return StepView(
+            student_logits=logits, teacher_logits=teacher_logits, teachers_logits=teachers_logits,
+            student_features=features, teacher_features=teacher_features, targets=batch["labels"][:, 1:],
+            index=batch["attention_mask"].float(), epoch=self.current_epoch,
+        )  # fmt: skip
+
+    def _teacher_outputs(self, batch: dict[str, Tensor], hidden: bool) -> dict[str, Any]:
+        with torch.no_grad():
+            return {n: self._forward(t, batch, hidden) for n, t in self.teachers.items()}
+
+    @torch.no_grad()
+    def generate_batch(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The batch's first `prompt_len` tokens continued by `model` (sampled) to the same length."""
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        length, prompt = ids.shape[1], min(self.prompt_len, ids.shape[1] - 1)
+        was_training = model.training
+        model.eval()
+        out = model.generate(
+            input_ids=ids[:, :prompt], attention_mask=mask[:, :prompt], max_new_tokens=length - prompt,
+            min_new_tokens=length - prompt, do_sample=True, temperature=self.generation_temperature, top_k=0,
+            use_cache=True, pad_token_id=self.pad_token_id,
+        )  # fmt: skip
+        model.train(was_training)
+        out = out[:, :length]
+        labels = out.clone()
+        labels[:, :prompt] = IGNORE_INDEX
+        return {"input_ids": out, "attention_mask": torch.ones_like(out), "labels": labels}
+
+    def _source(self) -> str:
+        draw = random.Random(self.seed * 1_000_003 + self.global_step).random()
+        if draw < self.on_policy_fraction:
+            return "on_policy"
+        if draw < self.on_policy_fraction + self.sequence_kd_fraction:
+            return "sequence_kd"
+        return "data"
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        source = self._source()
+        if source == "on_policy":
+            batch = self.generate_batch(self.student, batch)
+        elif source == "sequence_kd":
+            batch = self.generate_batch(next(iter(self.teachers.values())), batch)
+        if source != "data":
+            self.generated_batches[source] += 1
+        out_s = self._forward(self.student, batch, self.hidden)
+        outs_t = self._teacher_outputs(batch, self.hidden) if self.teachers else {}
+        view = self._view(batch, out_s, outs_t)
+        loss = view.student_logits.new_zeros(())
+        values: dict[str, Tensor] = {}
+        if self.lm_weight and source != "on_policy":
+            values["lm"] = lm_loss(view.student_logits, view.targets)
+            loss = loss + self.lm_weight * values["lm"]
+        for name, term in self.terms.items():
+            values[name] = term(view)
+            loss = loss + term.weight * values[name]
+        bs = batch["input_ids"].shape[0]
+        for name, value in values.items():
+            self.log(f"{self.prefix}/train/{name}", value.detach(), on_step=False, on_epoch=True, batch_size=bs)
+        self.log(f"{self.prefix}/train/loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True, batch_size=bs)
+        return loss
+
+    def probe(self, batch: dict[str, Tensor]) -> None:
+        """Build the terms' parameters (hidden-state projections) from one batch, before the optimiser exists."""
+        with torch.no_grad():
+            view = self._view(
+                batch, self._forward(self.student, batch, self.hidden), self._teacher_outputs(batch, self.hidden)
+            )
+        for term in self.terms.values():
+            term.build(view)
+
+    # -- validation: perplexity and agreement ----------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self._val = {"nll": 0.0, "tokens": 0.0, "agree": 0.0}
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        stats = token_stats(self._forward(self.student, batch, False).logits, batch["labels"],
+                            self._teacher_outputs(batch, False) if self.teachers else {})  # fmt: skip
+        for k, v in stats.items():
+            self._val[k] += v
+
+    def on_validation_epoch_end(self) -> None:
+        totals = torch.tensor([self._val["nll"], self._val["tokens"], self._val["agree"]], device=self.device)
+        totals = self.all_gather(totals).reshape(-1, 3).sum(0) if self.trainer.world_size > 1 else totals
+        nll, tokens, agree = totals.tolist()
+        tokens = max(tokens, 1.0)
+        self.log(f"{self.prefix}/val/ppl", math.exp(min(nll / tokens, 50.0)), prog_bar=True)
+        if self.teachers:
+            self.log(f"{self.prefix}/val/agreement", agree / tokens)
+
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.student.parameters() if p.requires_grad] + list(self.terms.parameters())
+        optimizer = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return optimizer
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "epoch"},
+        }
+
+
+def token_stats(logits: Tensor, labels: Tensor, teacher_outputs: Mapping[str, Any]) -> dict[str, float]:
+    """Summed next-token NLL, valid-token count and top-1 agreement with the (mean) teacher over a batch."""
+    logits, labels = logits[:, :-1].float(), labels[:, 1:]
+    valid = labels != IGNORE_INDEX
+    nll = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1).clamp_min(0), reduction="none"
+    ).reshape(labels.shape)
+    stats = {"nll": float((nll * valid).sum()), "tokens": float(valid.sum()), "agree": 0.0}
+    if teacher_outputs:
+        teacher = torch.stack([o.logits[:, :-1].float() for o in teacher_outputs.values()]).mean(0)
+        stats["agree"] = float(((logits.argmax(-1) == teacher.argmax(-1)) & valid).sum())
+    return stats

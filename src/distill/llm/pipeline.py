@@ -1,0 +1,275 @@
+"""The LM job, in order: text data → teacher (loaded, or trained and cached) → student trained alone
+(cached) → distilled student → report (perplexity, agreement, size, speed, sample generations)."""
+
+from __future__ import annotations
+
+import copy
+import io
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
+
+from distill.checkpoints import save_model
+from distill.errors import DistillError
+from distill.llm.models import LogitsOnly, check_vocabularies
+from distill.llm.module import LMDistillationModule, token_stats
+from distill.model_cache import cached_model
+from distill.pipeline import build, build_group, build_loggers, build_stages, fit_stage, make_trainer
+from distill.report import publish_report
+from distill.resume import find_resume_dir
+from distill.runtime import fit_threads_to_allocation, flush_denormals, tune_cpu_allocator
+from distill.secrets import redact_saved_configs
+
+log = logging.getLogger(__name__)
+
+
+def build_lm(node: DictConfig, what: str, vocab_size: int, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    model = build(node, what, vocab_size=vocab_size)
+    if not isinstance(model, nn.Module):
+        raise DistillError(f"{what}: _target_ {node.get('_target_')} did not give an nn.Module")
+    return model
+
+
+def lm_module(cfg: DictConfig, student: nn.Module, teachers: dict[str, nn.Module], fit: DictConfig, dm: Any,
+              terms: dict[str, Any], lm_weight: float, prefix: str) -> LMDistillationModule:  # fmt: skip
+    gen = cfg.generation
+    return LMDistillationModule(
+        student, teachers, terms, optimizer=build(fit.optimizer, f"{prefix} optimizer"), lm_weight=lm_weight,
+        scheduler=build(fit.scheduler, f"{prefix} scheduler") if fit.get("scheduler") else None,
+        on_policy_fraction=cfg.on_policy_fraction if teachers else 0.0,
+        sequence_kd_fraction=cfg.sequence_kd_fraction if teachers else 0.0,
+        prompt_len=gen.prompt_len, generation_temperature=gen.temperature, seed=cfg.seed, prefix=prefix,
+        pad_token_id=dm.pad_token_id,
+    )  # fmt: skip
+
+
+def train_lm(cfg: DictConfig, module: LMDistillationModule, fit: DictConfig, dm: Any, loggers: list[Any], stage: str):
+    module.probe(next(iter(dm.train_dataloader(fit.get("batch_size")))))
+    trainer = make_trainer(cfg, stage, fit.epochs, loggers)
+    fit_stage(cfg, trainer, module, dm.train_dataloader(fit.get("batch_size")), dm.val_dataloader())
+    return trainer
+
+
+def fit_payload(cfg: DictConfig, kind: str, model: DictConfig, fit: DictConfig, dm: Any) -> dict[str, Any]:
+    data = OmegaConf.to_container(cfg.lm_data, resolve=True)
+    return {
+        "kind": kind, "model": OmegaConf.to_container(model, resolve=True), "fit": OmegaConf.to_container(fit, resolve=True),
+        "data": {k: v for k, v in data.items() if k not in ("cache_dir", "eval_batch_size")}, "seed": cfg.seed,
+        "vocab_size": dm.vocab_size,
+    }  # fmt: skip
+
+
+@torch.no_grad()
+def evaluate(model: Any, loader: Any, teachers: dict[str, nn.Module]) -> dict[str, float]:
+    """Test perplexity (exp of the mean next-token NLL over labelled tokens) and agreement with the teachers.
+
+    `model` is a causal LM or an ONNX Runtime session of `LogitsOnly` (input_ids -> logits).
+    """
+    totals = {"nll": 0.0, "tokens": 0.0, "agree": 0.0}
+    for batch in loader:
+        if isinstance(model, nn.Module):
+            model.eval()
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        else:
+            logits = torch.from_numpy(model.run(None, {"input": batch["input_ids"].numpy()})[0])
+        outs = {n: t(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+                for n, t in teachers.items()}  # fmt: skip
+        for k, v in token_stats(logits, batch["labels"], outs).items():
+            totals[k] += v
+    tokens = max(totals["tokens"], 1.0)
+    metrics = {"perplexity": float(torch.tensor(totals["nll"] / tokens).exp()), "tokens": int(totals["tokens"])}
+    if teachers:
+        metrics["agreement"] = totals["agree"] / tokens
+    return metrics
+
+
+def model_bytes(model: nn.Module) -> int:
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return len(buffer.getvalue())
+
+
+@torch.no_grad()
+def latency_ms(model: Any, ids: torch.Tensor, repeats: int) -> float:
+    """Median time of one forward pass over `ids` ([batch, seq_len])."""
+    times = []
+    for i in range(repeats + 2):
+        start = time.perf_counter()
+        if isinstance(model, nn.Module):
+            model.eval()(input_ids=ids, use_cache=False)
+        else:
+            model.run(None, {"input": ids.numpy()})
+        if i >= 2:
+            times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2] * 1e3
+
+
+@torch.no_grad()
+def samples(model: nn.Module, dm: Any, cfg: DictConfig) -> list[dict[str, str]]:
+    """A few sampled continuations of test prompts: what the report shows of each model's text."""
+    n, prompt_len, new = cfg.samples.count, cfg.samples.prompt_len, cfg.samples.max_new_tokens
+    if not n:
+        return []
+    ids, mask = dm.prompts("test", n, prompt_len)
+    torch.manual_seed(cfg.seed)
+    out = model.eval().generate(
+        input_ids=ids, attention_mask=mask, max_new_tokens=new, do_sample=True, top_k=cfg.samples.top_k,
+        temperature=cfg.samples.temperature, pad_token_id=dm.pad_token_id, use_cache=True,
+    )  # fmt: skip
+    return [{"prompt": dm.decode(ids[i]), "continuation": dm.decode(out[i, ids.shape[1] :])} for i in range(len(ids))]
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run the LM job; returns the report."""
+    out = Path(cfg.paths.output_dir)
+    redact_saved_configs(out / ".hydra")
+    tune_cpu_allocator()
+    flush_denormals()
+    fit_threads_to_allocation()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    # 1. Data, models and terms; everything checkable is checked before training.
+    dm = build(cfg.lm_data, "lm_data")
+    dm.prepare_data()
+    dm.setup("fit")
+    log.info("Text: %s", dm.describe())
+    tcfg = cfg.get("lm_teacher")
+    teachers = {tcfg.name: build_lm(tcfg.model, "teacher", dm.vocab_size, cfg.seed)} if tcfg else {}
+    student = build_lm(cfg.lm_student.model, "student", dm.vocab_size, cfg.seed)
+    check_vocabularies(student, teachers, dm.vocab_size)
+    terms = build_group(cfg, "lm_distill", "LM loss term", lambda t: hasattr(t, "weight"), "is not a LossTerm")
+    stages = build_stages(cfg)
+    dry = lm_module(cfg, copy.deepcopy(student), copy.deepcopy(teachers), cfg.lm_student.fit, dm, terms, cfg.lm_weight,
+                    "student")  # fmt: skip
+    dry.probe(next(iter(dm.train_dataloader(2))))  # a dry run: shapes and layers checked before any training
+    terms = build_group(cfg, "lm_distill", "LM loss term", lambda t: hasattr(t, "weight"), "is not a LossTerm")
+    resume_dir = find_resume_dir(cfg.get("ckpt_path"), out)
+    with open_dict(cfg):
+        cfg.resume_dir = str(resume_dir) if resume_dir else None
+    loggers = build_loggers(cfg)
+    sources: dict[str, str] = {}
+
+    # 2. The teacher: pretrained as is, or trained here once and cached.
+    for name, teacher in teachers.items():
+        if tcfg.get("fit"):
+
+            def train_teacher(model: nn.Module, name: str = name) -> None:
+                train_lm(cfg, lm_module(cfg, model, {}, tcfg.fit, dm, {}, 1.0, f"teacher_{name}"), tcfg.fit, dm,
+                         loggers, f"teacher_{name}")  # fmt: skip
+
+            payload = fit_payload(cfg, "lm-teacher", tcfg.model, tcfg.fit, dm)
+            path, reused = cached_model(
+                Path(cfg.paths.cache_dir), f"lm-teacher-{name}", payload, teacher, train_teacher
+            )
+            sources[f"teacher:{name}"] = f"cache {path.name}" if reused else f"trained, cached as {path.name}"
+        else:
+            sources[f"teacher:{name}"] = f"pretrained {tcfg.model.get('pretrained')}"
+
+    # 3. The student trained alone (language-modelling loss), same token budget: the baseline.
+    baseline = build_lm(cfg.lm_student.model, "student", dm.vocab_size, cfg.seed)
+    fit = cfg.lm_student.fit
+
+    def train_baseline(model: nn.Module) -> None:
+        train_lm(cfg, lm_module(cfg, model, {}, fit, dm, {}, 1.0, "baseline"), fit, dm, loggers, "baseline")
+
+    payload = fit_payload(cfg, "lm-baseline", cfg.lm_student.model, fit, dm)
+    path, reused = cached_model(Path(cfg.paths.cache_dir), "lm-baseline", payload, baseline, train_baseline)
+    sources["baseline"] = f"cache {path.name}" if reused else f"trained, cached as {path.name}"
+
+    # 4. Distillation.
+    module = lm_module(cfg, student, teachers, fit, dm, terms, cfg.lm_weight, "student")
+    start = time.perf_counter()
+    train_lm(cfg, module, fit, dm, loggers, "student")
+    seconds = time.perf_counter() - start
+    sources["student"] = "distilled in this run"
+    save_model(out / "student.ckpt", student, net=OmegaConf.to_container(cfg.lm_student.model, resolve=True),
+               vocab_size=dm.vocab_size)  # fmt: skip
+
+    # 5. Compression stages on the student (ONNX export, int8), through LogitsOnly.
+    compressed, infos, failure = {}, {}, None
+    if stages:
+        from distill.compress.base import StageContext
+
+        example = dm.tensors["val"]["input_ids"][:4]
+        calibration = [dm.tensors["train"]["input_ids"][i : i + 8] for i in range(0, 64, 8)]
+        ctx = StageContext(example, calibration, out / "compressed", dm.vocab_size)
+        ctx.out_dir.mkdir(parents=True, exist_ok=True)
+        current: Any = LogitsOnly(student).eval()
+        for name, stage in stages.items():
+            try:
+                result = stage.apply(current, ctx)
+            except DistillError as err:
+                log.error("compression stage '%s' failed: %s", name, err)
+                failure = {"stage": name, "error": str(err)}
+                break
+            current = result.model if result.model is not None else result.artifact
+            compressed[f"compress:{name}"], infos[f"compress:{name}"] = current, result.info
+
+    # 6. Every model measured the same way on the test split.
+    from distill.compress.deploy import onnx_session
+
+    models: dict[str, Any] = {
+        **{f"teacher:{n}": t for n, t in teachers.items()},
+        "baseline": baseline,
+        "student": student,
+    }
+    ids = dm.tensors["test"]["input_ids"]
+    rows = []
+    for name, model in {**models, **compressed}.items():
+        runner = model if not isinstance(model, Path) else onnx_session(model)
+        if isinstance(runner, LogitsOnly):
+            runner = runner.model
+        row: dict[str, Any] = {
+            "model": name,
+            **evaluate(runner, dm.test_dataloader(), {} if name.startswith("teacher:") else teachers),
+        }
+        row["val_perplexity"] = evaluate(runner, dm.val_dataloader(), {})["perplexity"]
+        if isinstance(model, Path):
+            row["bytes"] = model.stat().st_size
+            row["artifact"] = str(model)
+        else:
+            net = model.model if isinstance(model, LogitsOnly) else model
+            row["parameters"] = sum(p.numel() for p in net.parameters())
+            row["trainable_parameters"] = (
+                sum(p.numel() for p in net.parameters() if p.requires_grad) if name == "student" else row["parameters"]
+            )
+            row["bytes"] = model_bytes(net)
+        for batch in cfg.report.latency_batch_sizes:
+            row[f"latency_ms_batch_{batch}"] = latency_ms(runner, ids[:batch], cfg.report.latency_repeats)
+        row["source"] = sources.get(name, "")
+        if name in infos:
+            row["stage"] = infos[name]
+        rows.append(row)
+
+    by_name = {r["model"]: r for r in rows}
+    summary: dict[str, float] = {}
+    if teachers:
+        t = by_name[f"teacher:{next(iter(teachers))}"]["perplexity"]
+        b, s = by_name["baseline"]["perplexity"], by_name["student"]["perplexity"]
+        summary = {"baseline_minus_student_perplexity": b - s}
+        if b > t:
+            summary["perplexity_gap_closed"] = (b - s) / (b - t)
+    extra = {
+        "student_val_perplexity": by_name["student"]["val_perplexity"],
+        "distill_seconds": seconds,
+        "distill_tokens_per_second": fit.epochs * dm.num_tokens("train") / seconds,
+        "generated_batches": dict(module.generated_batches),
+        "samples": {name: samples(m, dm, cfg) for name, m in models.items()},
+    }
+    lines = [f"## {name}\n" + "\n".join(f"- **{s['prompt']!r}** → {s['continuation']!r}" for s in got)
+             for name, got in extra["samples"].items()]  # fmt: skip
+    (out / "samples.md").write_text("# Sampled continuations of test prompts\n\n" + "\n\n".join(lines) + "\n")
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger":
+            logger.log_text(key="samples", columns=["model", "prompt", "continuation"],
+                            data=[[n, s["prompt"], s["continuation"]] for n, got in extra["samples"].items() for s in got])  # fmt: skip
+    teacher_name = next(iter(teachers), None)
+    title = f"{cfg.task_name}: {'teacher:' + teacher_name if teacher_name else 'no teacher'} → student"
+    return publish_report(rows, out, loggers, title=title, failure=failure, extra=extra, summary=summary)

@@ -1,0 +1,29 @@
+"""`distill-lm`: compose the LM config (configs/lm.yaml), then hand over to the LM pipeline."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from distill.cli import CONFIG_DIR, guarded, run_task
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="lm")
+def hydra_main(cfg: DictConfig) -> float | None:
+    """Train (or load) the teacher and the student alone, distil the student, write the report."""
+    from distill.extras import apply_extras
+    from distill.llm.pipeline import run
+
+    apply_extras(cfg)
+    report = run_task(run, cfg) or {}
+    metric = cfg.get("optimized_metric")
+    return report.get(metric) if metric else None
+
+
+def main() -> None:
+    """Entry point (`distill-lm`)."""
+    guarded(hydra_main)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""LM distillation end to end on a tiny pair, and its pieces: vocabulary check, LoRA, hidden states, generation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from tests.conftest import compose_config, run_cli  # noqa: E402
+
+from distill.errors import DistillError  # noqa: E402
+from distill.llm.models import causal_lm, check_vocabularies  # noqa: E402
+from distill.llm.module import HiddenStateLoss, LMDistillationModule  # noqa: E402
+from distill.losses.base import StepView  # noqa: E402
+
+TINY = {"model_type": "llama", "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 64}
+
+
+def tiny_lm_job(tmp: Path, *extra: str) -> list[str]:
+    return [
+        "lm_data.max_chars=40000",
+        "lm_data.vocab_size=280",
+        "lm_data.seq_len=32",
+        "lm_data.batch_size=16",
+        "lm_teacher.model.hidden_size=32",
+        "lm_teacher.model.num_hidden_layers=2",
+        "lm_teacher.model.intermediate_size=64",
+        "lm_teacher.model.num_attention_heads=2",
+        "lm_teacher.model.num_key_value_heads=2",
+        "lm_teacher.fit.epochs=1",
+        "lm_student.model.hidden_size=16",
+        "lm_student.model.num_hidden_layers=1",
+        "lm_student.model.intermediate_size=32",
+        "lm_student.model.num_attention_heads=2",
+        "lm_student.model.num_key_value_heads=2",
+        "lm_student.fit.epochs=1",
+        "samples.count=2",
+        "samples.max_new_tokens=8",
+        "report.latency_repeats=2",
+        f"paths.root_dir={tmp}",
+        f"paths.output_dir={tmp}/run",
+        "callbacks.progress_bar.refresh_rate=0",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def lm_report(tmp_path_factory) -> tuple[Path, dict]:
+    from distill.llm.pipeline import run
+
+    tmp = tmp_path_factory.mktemp("lm")
+    overrides = tiny_lm_job(
+        tmp, "lm_distill=[forward_kl,hidden]", "lm_distill.hidden.layer_map=[[1,1],[1,2]]",
+        "on_policy_fraction=0.3", "sequence_kd_fraction=0.3", "compress=[onnx,int8]",
+    )  # fmt: skip
+    return tmp, run(compose_config(overrides, name="lm"))
+
+
+def test_a_tiny_pair_is_distilled_and_measured(lm_report) -> None:
+    tmp, report = lm_report
+    rows = {r["model"]: r for r in report["models"]}
+    assert list(rows) == ["teacher:tiny_llama", "baseline", "student", "compress:onnx", "compress:int8"]
+    for name, row in rows.items():
+        assert 1.0 < row["perplexity"] < 280 * 2, name  # finite, and no worse than about uniform over the vocabulary
+        assert row["tokens"] > 0
+    assert 0.0 <= rows["student"]["agreement"] <= 1.0
+    assert rows["student"]["parameters"] < rows["teacher:tiny_llama"]["parameters"] / 3
+    # ONNX: the same perplexity as PyTorch; int8: smaller on disk
+    assert rows["compress:onnx"]["perplexity"] == pytest.approx(rows["student"]["perplexity"], rel=1e-3)
+    assert rows["compress:int8"]["bytes"] < rows["compress:onnx"]["bytes"]
+    assert report["generated_batches"]["on_policy"] > 0 and report["generated_batches"]["sequence_kd"] > 0
+    assert set(report["samples"]) == {"teacher:tiny_llama", "baseline", "student"}
+    assert (tmp / "run" / "samples.md").read_text().startswith("# Sampled continuations")
+    assert json.loads((tmp / "run" / "report.json").read_text())["student_val_perplexity"] > 1
+    logged = (tmp / "run" / "csv" / "metrics.csv").read_text().splitlines()[0]
+    for column in ("student/train/forward_kl", "student/train/hidden", "student/val/ppl", "student/val/agreement"):
+        assert column in logged
+
+
+def test_vocabulary_mismatch_is_refused_before_training(tmp_path: Path) -> None:
+    model = causal_lm(500, hidden_size=16, num_hidden_layers=1, intermediate_size=32, **TINY)
+    model.save_pretrained(tmp_path / "teacher")
+    args = tiny_lm_job(tmp_path, "lm_teacher=pretrained", f"lm_teacher.model.pretrained={tmp_path}/teacher",
+                       "lm_teacher.model.torch_dtype=float32")  # fmt: skip
+    args = [a for a in args if not a.startswith("lm_teacher.model.") or "pretrained" in a or "dtype" in a]
+    args = [a for a in args if not a.startswith("lm_teacher.fit")]
+    result = run_cli(args, tmp_path, module="distill.llm.train")
+    assert result.returncode == 2, result.stderr[-2000:]
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: teacher and student vocabularies differ (student 280, teacher 'pretrained' 500)")
+    assert not (tmp_path / "logs" / "cache").exists() or not list((tmp_path / "logs" / "cache").glob("lm-*"))
+
+
+def test_check_vocabularies_and_pretrained_errors(tmp_path: Path) -> None:
+    a = causal_lm(100, hidden_size=16, num_hidden_layers=1, intermediate_size=32, **TINY)
+    b = causal_lm(120, hidden_size=16, num_hidden_layers=1, intermediate_size=32, **TINY)
+    check_vocabularies(a, {"t": causal_lm(100, hidden_size=32, num_hidden_layers=1, intermediate_size=32, **TINY)}, 100)
+    with pytest.raises(DistillError, match="vocabularies differ"):
+        check_vocabularies(a, {"t": b}, 100)
+    with pytest.raises(DistillError, match="the models predict 100 tokens but the tokenizer has 120"):
+        check_vocabularies(a, {}, 120)
+    with pytest.raises(DistillError, match="cannot load the pretrained model"):
+        causal_lm(100, pretrained=str(tmp_path / "nothing"))
+
+
+def test_lora_student_trains_only_its_adapters() -> None:
+    model = causal_lm(100, hidden_size=32, num_hidden_layers=2, intermediate_size=64,
+                      lora={"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}, **TINY)  # fmt: skip
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert len(trainable) == 2 * 2 * 2  # A and B, for q and v, in both layers
+    ids = torch.randint(0, 100, (2, 8))
+    assert model(input_ids=ids).logits.shape == (2, 8, 100)
+
+
+def test_hidden_state_loss_projects_and_masks() -> None:
+    term = HiddenStateLoss([[1, 2]], weight=1.0)
+    s = {"hidden.1": torch.randn(2, 5, 8)}
+    t = {"t": {"hidden.2": torch.randn(2, 5, 12)}}
+    mask = torch.ones(2, 5)
+    view = StepView(torch.zeros(2, 4, 3), torch.zeros(2, 4, 3), {}, s, t, torch.zeros(2, 4), mask, 0)
+    term.build(view)
+    assert isinstance(term.projections[0], torch.nn.Linear) and term.projections[0].weight.shape == (12, 8)
+    value = term(view)
+    projected = term.projections[0](s["hidden.1"])
+    assert value.item() == pytest.approx((projected - t["t"]["hidden.2"]).pow(2).mean().item(), rel=1e-5)
+    # masked positions do not count
+    mask2 = mask.clone()
+    mask2[:, -1] = 0
+    t2 = {"t": {"hidden.2": t["t"]["hidden.2"].clone()}}
+    t2["t"]["hidden.2"][:, -1] += 100.0
+    view2 = StepView(torch.zeros(2, 4, 3), torch.zeros(2, 4, 3), {}, s, t2, torch.zeros(2, 4), mask2, 0)
+    expected = (projected[:, :-1] - t["t"]["hidden.2"][:, :-1]).pow(2).mean().item()
+    assert term(view2).item() == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(DistillError, match="layer_map"):
+        HiddenStateLoss([[1]])
+
+
+def test_generated_batches_keep_the_prompt_and_mask_it() -> None:
+    student = causal_lm(50, hidden_size=16, num_hidden_layers=1, intermediate_size=32, **TINY)
+    module = LMDistillationModule(student, {}, {}, optimizer=lambda p: torch.optim.SGD(p, lr=0.1), prompt_len=4)
+    batch = {"input_ids": torch.randint(1, 50, (3, 12)), "attention_mask": torch.ones(3, 12, dtype=torch.long)}
+    out = module.generate_batch(student, batch)
+    assert out["input_ids"].shape == (3, 12)
+    assert torch.equal(out["input_ids"][:, :4], batch["input_ids"][:, :4])
+    assert (out["labels"][:, :4] == -100).all() and torch.equal(out["labels"][:, 4:], out["input_ids"][:, 4:])
+    with pytest.raises(DistillError, match="need a teacher"):
+        LMDistillationModule(student, {}, {}, optimizer=lambda p: None, sequence_kd_fraction=0.5)
+    with pytest.raises(DistillError, match="at most 1"):
+        LMDistillationModule(student, {"t": student}, {}, optimizer=lambda p: None, on_policy_fraction=0.6,
+                             sequence_kd_fraction=0.6)  # fmt: skip
