@@ -301,7 +301,7 @@ def test_configs_compose_and_instantiate(tmp_path: Path) -> None:
         if option == "stdlib":
             dm = hydra.utils.instantiate(node)
             assert (dm.seq_len, dm.requested_vocab_size, dm.mode) == (64, 1024, "pack")
-            assert dm.max_chars == 600_000 and dm.seed == cfg.seed and dm.cache_dir == tmp_path / "data" / "lm"
+            assert dm.max_chars == 400_000 and dm.seed == cfg.seed and dm.cache_dir == tmp_path / "data" / "lm"
     cfg = compose_config([
         "lm_data=text", f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path}", "lm_data.paths=[a.txt,b.txt]"
     ], "lm")  # fmt: skip
