@@ -55,8 +55,13 @@ def write_pairs(path: Path, n: int = 8) -> list[dict]:
 @pytest.fixture(scope="module")
 def stdlib(tmp_path_factory: pytest.TempPathFactory) -> TextDataModule:
     dm = TextDataModule(
-        max_chars=300_000, vocab_size=300, seq_len=64, val_fraction=0.1, test_fraction=0.1,
-        cache_dir=str(tmp_path_factory.mktemp("lm")), seed=1,
+        max_chars=300_000,
+        vocab_size=300,
+        seq_len=64,
+        val_fraction=0.1,
+        test_fraction=0.1,
+        cache_dir=str(tmp_path_factory.mktemp("lm")),
+        seed=1,
     )
     dm.setup()
     return dm
