@@ -49,7 +49,6 @@ def quality(losses: list[str], overrides: list[str], root: Path) -> list[dict]:
 
 def speed(overrides: list[str], rounds: int, steps: int, root: Path) -> dict[str, float]:
     import lightning as L
-    import torch
     from hydra import compose, initialize_config_dir
     from lightning.pytorch.callbacks import Callback
 
@@ -94,7 +93,6 @@ def speed(overrides: list[str], rounds: int, steps: int, root: Path) -> dict[str
     for name, rate in rates.items():
         print(f"{name:14s} {rate:9.0f} training tokens/s")
     print(f"distillation / student alone: {rates['distillation'] / rates['student alone']:.3f}")
-    torch.set_num_threads(torch.get_num_threads())
     return rates
 
 

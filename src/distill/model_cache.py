@@ -28,6 +28,17 @@ def cache_key(payload: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _acquire(path: Path, label: str) -> FileLock:
+    """The cache entry's lock, held; says so when another run holds it first."""
+    lock = FileLock(str(path) + ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("Waiting for another run that is training %s (%s)", label, path.name)
+        lock.acquire()
+    return lock
+
+
 def cached_model(
     cache_dir: Path,
     label: str,
@@ -45,12 +56,7 @@ def cached_model(
     path = cache_dir / f"{label}-{key}.pt"
     if distributed.world_size() > 1:
         return _cached_model_collective(cache_dir, label, key, payload, path, model, train)
-    lock = FileLock(str(path) + ".lock")
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        log.info("Waiting for another run that is training %s (%s)", label, path.name)
-        lock.acquire()
+    lock = _acquire(path, label)
     try:
         if path.exists():
             log.info("Reusing cached %s from %s", label, path)
@@ -79,13 +85,7 @@ def _cached_model_collective(
     Either every rank loads the cached weights, or every rank trains together (as DDP needs) and
     rank 0 writes the result.
     """
-    lock = FileLock(str(path) + ".lock")
-    if distributed.is_global_zero():
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            log.info("Waiting for another run that is training %s (%s)", label, path.name)
-            lock.acquire()
+    lock = _acquire(path, label) if distributed.is_global_zero() else FileLock(str(path) + ".lock")
     try:
         reuse = distributed.broadcast(path.exists())
         if reuse:

@@ -31,8 +31,8 @@ from distill.model_cache import cached_model
 from distill.modules import DistillationModule, SupervisedModule
 from distill.report import measure_models, publish_report
 from distill.resume import check_compatible, find_resume_dir, stage_checkpoint
-from distill.runtime import fit_threads_to_allocation, flush_denormals, tune_cpu_allocator
-from distill.secrets import command_line_has_secret, redact, redact_saved_configs
+from distill.runtime import prepare_run
+from distill.secrets import command_line_has_secret, redact
 from distill.teachers import acquire_teacher, check_teacher_config
 
 log = logging.getLogger(__name__)
@@ -358,11 +358,7 @@ def compress(
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run the whole job; returns the report."""
     out = Path(cfg.paths.output_dir)
-    redact_saved_configs(out / ".hydra")
-    tune_cpu_allocator()
-    flush_denormals()
-    fit_threads_to_allocation()
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    prepare_run(cfg.seed, out / ".hydra")
     teacher_cfgs = cfg.get("teacher") or {}
     generations = (cfg.get("born_again") or {}).get("generations", 0)
     if generations and teacher_cfgs:

@@ -6,6 +6,7 @@ import ctypes
 import ctypes.util
 import logging
 import sys
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -58,3 +59,16 @@ def fit_threads_to_allocation() -> int:
     if allocated and allocated.isdigit() and 0 < int(allocated) < torch.get_num_threads():
         torch.set_num_threads(int(allocated))
     return torch.get_num_threads()
+
+
+def prepare_run(seed: int, hydra_dir: Path) -> None:
+    """What every job does first: credentials out of Hydra's saved configs, CPU settings, seeds."""
+    import lightning as L
+
+    from distill.secrets import redact_saved_configs
+
+    redact_saved_configs(hydra_dir)
+    tune_cpu_allocator()
+    flush_denormals()
+    fit_threads_to_allocation()
+    L.seed_everything(seed, workers=True, verbose=False)

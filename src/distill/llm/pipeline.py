@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
@@ -23,8 +22,7 @@ from distill.model_cache import cached_model
 from distill.pipeline import build, build_group, build_loggers, build_stages, fit_stage, make_trainer
 from distill.report import publish_report
 from distill.resume import find_resume_dir
-from distill.runtime import fit_threads_to_allocation, flush_denormals, tune_cpu_allocator
-from distill.secrets import redact_saved_configs
+from distill.runtime import prepare_run
 
 log = logging.getLogger(__name__)
 
@@ -129,11 +127,7 @@ def samples(model: nn.Module, dm: Any, cfg: DictConfig) -> list[dict[str, str]]:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run the LM job; returns the report."""
     out = Path(cfg.paths.output_dir)
-    redact_saved_configs(out / ".hydra")
-    tune_cpu_allocator()
-    flush_denormals()
-    fit_threads_to_allocation()
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    prepare_run(cfg.seed, out / ".hydra")
 
     # 1. Data, models and terms; everything checkable is checked before training.
     dm = build(cfg.lm_data, "lm_data")
