@@ -297,6 +297,35 @@ def test_batches_are_reproducible_by_seed_and_epoch(tmp_path: Path) -> None:
     assert len(dm.test_dataloader()) == -(-dm.num_sequences("test") // 64)
 
 
+def test_train_fraction_is_a_fixed_seeded_subset(tmp_path: Path) -> None:
+    paths = write_texts(tmp_path / "docs", [3000, 3000, 3000, 3000])
+    dm = tiny(tmp_path, paths=paths, seq_len=16, val_fraction=0.25, test_fraction=0.25)
+    dm.setup()
+    n = dm.num_sequences("train")
+    assert dm.train_rows(None) is None and dm.train_rows(1.0) is None
+    rows = dm.train_rows(0.25)
+    assert len(rows) == round(n * 0.25) and len(set(rows.tolist())) == len(rows) and rows.max() < n
+    assert torch.equal(rows, dm.train_rows(0.25))  # the same rows every time: baseline and student share them
+    other = tiny(tmp_path, paths=paths, seq_len=16, val_fraction=0.25, test_fraction=0.25, seed=9)
+    assert not torch.equal(rows, other.train_rows(0.25))
+    loader = dm.train_dataloader(fraction=0.25)
+    seen = []
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        got = [b for b in loader]
+        index = torch.cat([b["index"] for b in got])
+        assert sorted(index.tolist()) == rows.tolist()  # every epoch goes over the subset, and only it
+        for b in got:  # `index` is the row in the whole training split
+            assert torch.equal(b["input_ids"], dm.tensors["train"]["input_ids"][b["index"]])
+        seen.append(index.tolist())
+    assert seen[0] != seen[1]
+    labels = dm.tensors["train"]["labels"][rows]
+    assert dm.num_tokens("train", 0.25) == int((labels != -100).sum()) < dm.num_tokens("train")
+    for bad in (0, -0.5, 1.5):
+        with pytest.raises(DistillError, match="train_fraction must be in"):
+            dm.train_rows(bad)
+
+
 def test_configs_compose_and_instantiate(tmp_path: Path) -> None:
     for option in ("stdlib", "text", "jsonl", "hf"):
         cfg = compose_config([f"lm_data={option}", f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path}"], "lm")

@@ -155,3 +155,55 @@ def test_generated_batches_keep_the_prompt_and_mask_it() -> None:
     with pytest.raises(DistillError, match="at most 1"):
         LMDistillationModule(student, {"t": student}, {}, optimizer=lambda p: None, on_policy_fraction=0.6,
                              sequence_kd_fraction=0.6)  # fmt: skip
+
+
+def test_restore_best_puts_back_the_lowest_validation_perplexity_epoch() -> None:
+    import lightning as L
+    from lightning.pytorch.callbacks import Callback
+
+    from distill.llm.data import SequenceBatches
+
+    g = torch.Generator().manual_seed(0)
+    # Training: one sequence repeated (memorised quickly); validation: random tokens, which that memorising makes worse.
+    train_ids = torch.randint(0, 40, (1, 16), generator=g).repeat(8, 1)
+    val_ids = torch.randint(0, 40, (8, 16), generator=g)
+
+    def split(ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"input_ids": ids, "labels": ids.clone(), "attention_mask": torch.ones_like(ids)}
+
+    class Snapshots(Callback):
+        def __init__(self) -> None:
+            self.weights: list[dict[str, torch.Tensor]] = []
+            self.ppl: list[float] = []
+
+        def on_train_epoch_end(self, trainer, module) -> None:  # after the epoch's validation
+            self.weights.append({n: p.detach().clone() for n, p in module.student.named_parameters()})
+            self.ppl.append(float(trainer.callback_metrics["student/val/ppl"]))
+
+    results = {}
+    for restore in (True, False):
+        torch.manual_seed(0)
+        student = causal_lm(40, hidden_size=16, num_hidden_layers=1, intermediate_size=32, **TINY)
+        module = LMDistillationModule(student, {}, {}, optimizer=lambda p: torch.optim.Adam(p, lr=0.02),
+                                      restore_best=restore)  # fmt: skip
+        snaps = Snapshots()
+        trainer = L.Trainer(accelerator="cpu", max_epochs=6, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, callbacks=[snaps])  # fmt: skip
+        trainer.fit(module, SequenceBatches(split(train_ids), 4, shuffle=True), SequenceBatches(split(val_ids), 8))
+        results[restore] = (module, snaps)
+    module, snaps = results[True]
+    best = min(range(len(snaps.ppl)), key=snaps.ppl.__getitem__)
+    assert best < len(snaps.ppl) - 1 and snaps.ppl[-1] > snaps.ppl[best]  # the test needs a worse last epoch
+    assert module.best["epoch"] == best and module.best["val_ppl"] == pytest.approx(snaps.ppl[best], rel=1e-5)
+    for name, value in module.student.named_parameters():
+        assert torch.equal(value, snaps.weights[best][name]), name
+    # Without it, the last epoch's weights stay; with it, the best weights travel in checkpoints.
+    module_last, snaps_last = results[False]
+    assert snaps_last.ppl == pytest.approx(snaps.ppl)
+    assert all(torch.equal(p, snaps_last.weights[-1][n]) for n, p in module_last.student.named_parameters())
+    checkpoint: dict = {}
+    module.on_save_checkpoint(checkpoint)
+    fresh = LMDistillationModule(causal_lm(40, hidden_size=16, num_hidden_layers=1, intermediate_size=32, **TINY), {},
+                                 {}, optimizer=lambda p: None, restore_best=True)  # fmt: skip
+    fresh.on_load_checkpoint(checkpoint)
+    assert fresh.best["epoch"] == best and set(fresh.best["weights"]) == set(snaps.weights[best])

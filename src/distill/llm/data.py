@@ -94,12 +94,13 @@ class SequenceBatches(TensorBatches):
     """`{"input_ids", "attention_mask", "labels", "index"}` batches sliced from in-memory tensors.
 
     Behaves like `TensorBatches` (shuffled order from (seed, epoch), `set_epoch`, `sharded` for DDP,
-    `deterministic`); `index` is each sequence's row in its split.
+    `deterministic`); `index` is each sequence's row in its split (`rows` maps a subset's rows back).
     """
 
-    def __init__(self, tensors: dict[str, Tensor], batch_size: int, **kwargs: Any) -> None:
+    def __init__(self, tensors: dict[str, Tensor], batch_size: int, rows: Tensor | None = None, **kwargs: Any) -> None:
         super().__init__(tensors["input_ids"], tensors["labels"], batch_size, **kwargs)
         self.attention_mask = tensors["attention_mask"]
+        self.rows = rows
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
         for batch in super().__iter__():
@@ -108,7 +109,7 @@ class SequenceBatches(TensorBatches):
                 "input_ids": batch["x"],
                 "attention_mask": self.attention_mask[index],
                 "labels": batch["y"],
-                "index": index,
+                "index": index if self.rows is None else self.rows[index],
             }
 
 
@@ -213,9 +214,10 @@ class TextDataModule(L.LightningDataModule):
     def eos_token_id(self) -> int:
         return int(self.tokenizer.eos_token_id)
 
-    def num_tokens(self, split: str) -> int:
-        """Tokens a loss counts in `split` (labels != -100)."""
-        return int((self._split(split)["labels"] != IGNORE_INDEX).sum())
+    def num_tokens(self, split: str, fraction: float | None = None) -> int:
+        """Tokens a loss counts in `split` (labels != -100); for train, in `train_subset(fraction)`."""
+        tensors = self.train_subset(fraction) if split == "train" else self._split(split)
+        return int((tensors["labels"] != IGNORE_INDEX).sum())
 
     def num_sequences(self, split: str) -> int:
         return len(self._split(split)["input_ids"])
@@ -230,9 +232,32 @@ class TextDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ loaders
 
-    def train_dataloader(self, batch_size: int | None = None) -> SequenceBatches:
-        """The training sequences, shuffled by (seed, epoch); `batch_size` defaults to the data config's."""
-        return SequenceBatches(self._split("train"), batch_size or self.batch_size, shuffle=True, seed=self.seed)
+    def train_rows(self, fraction: float | None = None) -> Tensor | None:
+        """Rows of a fixed random share of the training sequences (drawn from `seed`); None for all of them.
+
+        A student's transfer set: the teacher learns from the whole split, the students (alone and
+        distilled) from the same `fraction` of it.
+        """
+        if fraction is None or float(fraction) == 1.0:
+            return None
+        if not 0 < float(fraction) <= 1:
+            raise DistillError(f"train_fraction must be in (0, 1], got {fraction}")
+        n = self.num_sequences("train")
+        keep = max(1, round(n * float(fraction)))
+        return torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))[:keep].sort().values
+
+    def train_subset(self, fraction: float | None = None) -> dict[str, Tensor]:
+        """The training tensors, or those of `train_rows(fraction)`."""
+        rows, tensors = self.train_rows(fraction), self._split("train")
+        return tensors if rows is None else {k: v[rows] for k, v in tensors.items()}
+
+    def train_dataloader(self, batch_size: int | None = None, fraction: float | None = None) -> SequenceBatches:
+        """The training sequences (all, or `train_rows(fraction)`), shuffled by (seed, epoch); `batch_size`
+        defaults to the data config's."""
+        rows = self.train_rows(fraction)
+        return SequenceBatches(
+            self.train_subset(fraction), batch_size or self.batch_size, rows=rows, shuffle=True, seed=self.seed
+        )
 
     def val_dataloader(self) -> SequenceBatches:
         return SequenceBatches(self._split("val"), self.eval_batch_size)

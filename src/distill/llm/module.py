@@ -3,6 +3,7 @@ sequence-level batches, perplexity and next-token agreement."""
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections.abc import Callable, Iterable, Mapping
@@ -15,6 +16,8 @@ from torch import Tensor, nn
 from distill.errors import DistillError
 from distill.llm.losses import IGNORE_INDEX, lm_loss
 from distill.losses.base import LossTerm, StepView
+
+log = logging.getLogger(__name__)
 
 
 class HiddenStateLoss(LossTerm):
@@ -89,6 +92,7 @@ class LMDistillationModule(L.LightningModule):
         seed: int = 0,
         prefix: str = "student",
         pad_token_id: int = 0,
+        restore_best: bool = False,
     ) -> None:
         super().__init__()
         for name, value in (("on_policy_fraction", on_policy_fraction), ("sequence_kd_fraction", sequence_kd_fraction)):
@@ -109,6 +113,10 @@ class LMDistillationModule(L.LightningModule):
         self.hidden = any(term.student_layers for term in self.terms.values())
         self._val: dict[str, float] = {}
         self.generated_batches = {"on_policy": 0, "sequence_kd": 0}
+        # restore_best: the trainable weights of the epoch with the lowest validation perplexity are
+        # kept (on the CPU, and in checkpoints) and put back when training ends.
+        self.restore_best = bool(restore_best)
+        self.best: dict[str, Any] = {"epoch": -1, "val_ppl": math.inf, "weights": {}}
 
     @property
     def net(self) -> nn.Module:
@@ -234,9 +242,31 @@ class LMDistillationModule(L.LightningModule):
         totals = self.all_gather(totals).reshape(-1, 3).sum(0) if self.trainer.world_size > 1 else totals
         nll, tokens, agree = totals.tolist()
         tokens = max(tokens, 1.0)
-        self.log(f"{self.prefix}/val/ppl", math.exp(min(nll / tokens, 50.0)), prog_bar=True)
+        ppl = math.exp(min(nll / tokens, 50.0))
+        self.log(f"{self.prefix}/val/ppl", ppl, prog_bar=True)
         if self.teachers:
             self.log(f"{self.prefix}/val/agreement", agree / tokens)
+        if self.restore_best and not self.trainer.sanity_checking and ppl < self.best["val_ppl"]:
+            weights = {n: p.detach().cpu().clone() for n, p in self.student.named_parameters() if p.requires_grad}
+            self.best = {"epoch": self.current_epoch, "val_ppl": ppl, "weights": weights}
+
+    def on_fit_end(self) -> None:
+        if not self.restore_best or not self.best["weights"]:
+            return
+        params = dict(self.student.named_parameters())
+        with torch.no_grad():
+            for name, value in self.best["weights"].items():
+                params[name].copy_(value)
+        log.info("%s: weights of epoch %d restored (lowest validation perplexity, %.3f)", self.prefix,
+                 self.best["epoch"], self.best["val_ppl"])  # fmt: skip
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.restore_best:
+            checkpoint["best_weights"] = dict(self.best)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.restore_best and "best_weights" in checkpoint:
+            self.best = dict(checkpoint["best_weights"])
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.student.parameters() if p.requires_grad] + list(self.terms.parameters())

@@ -44,14 +44,15 @@ def lm_module(cfg: DictConfig, student: nn.Module, teachers: dict[str, nn.Module
         on_policy_fraction=cfg.on_policy_fraction if teachers else 0.0,
         sequence_kd_fraction=cfg.sequence_kd_fraction if teachers else 0.0,
         prompt_len=gen.prompt_len, generation_temperature=gen.temperature, seed=cfg.seed, prefix=prefix,
-        pad_token_id=dm.pad_token_id,
+        pad_token_id=dm.pad_token_id, restore_best=fit.get("restore_best", False),
     )  # fmt: skip
 
 
 def train_lm(cfg: DictConfig, module: LMDistillationModule, fit: DictConfig, dm: Any, loggers: list[Any], stage: str):
-    module.probe(next(iter(dm.train_dataloader(fit.get("batch_size")))))
+    loader = dm.train_dataloader(fit.get("batch_size"), fit.get("train_fraction"))
+    module.probe(next(iter(loader)))
     trainer = make_trainer(cfg, stage, fit.epochs, loggers)
-    fit_stage(cfg, trainer, module, dm.train_dataloader(fit.get("batch_size")), dm.val_dataloader())
+    fit_stage(cfg, trainer, module, loader, dm.val_dataloader())
     return trainer
 
 
@@ -253,7 +254,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     extra = {
         "student_val_perplexity": by_name["student"]["val_perplexity"],
         "distill_seconds": seconds,
-        "distill_tokens_per_second": fit.epochs * dm.num_tokens("train") / seconds,
+        "distill_tokens_per_second": fit.epochs * dm.num_tokens("train", fit.get("train_fraction")) / seconds,
         "generated_batches": dict(module.generated_batches),
         "samples": {name: samples(m, dm, cfg) for name, m in models.items()},
     }
