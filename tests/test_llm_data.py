@@ -335,11 +335,15 @@ def test_configs_compose_and_instantiate(tmp_path: Path) -> None:
         if option == "stdlib":
             dm = hydra.utils.instantiate(node)
             assert (dm.seq_len, dm.requested_vocab_size, dm.mode) == (64, 1024, "pack")
-            assert dm.max_chars == 400_000 and dm.seed == cfg.seed and dm.cache_dir == tmp_path / "data" / "lm"
+            assert dm.max_chars == 2_000_000 and dm.seed == cfg.seed and dm.cache_dir == tmp_path / "data" / "lm"
     cfg = compose_config([
         "lm_data=text", f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path}", "lm_data.paths=[a.txt,b.txt]"
     ], "lm")  # fmt: skip
     assert hydra.utils.instantiate(cfg.lm_data).paths == ["a.txt", "b.txt"]  # a ListConfig becomes a list
+    # The default students learn from a tenth of the training split and keep their best epoch; the teacher, all of it.
+    cfg = compose_config([f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path}"], "lm")
+    assert cfg.lm_student.fit.train_fraction == 0.1 and cfg.lm_student.fit.restore_best is True
+    assert cfg.lm_teacher.fit.get("train_fraction") is None and cfg.lm_teacher.fit.restore_best is True
 
 
 @pytest.mark.parametrize(

@@ -38,8 +38,9 @@ def tiny_lm_job(tmp: Path, *extra: str) -> list[str]:
         "lm_student.model.intermediate_size=32",
         "lm_student.model.num_attention_heads=2",
         "lm_student.model.num_key_value_heads=2",
-        "lm_student.fit.epochs=1",
+        "lm_student.fit.epochs=2",
         "lm_student.fit.batch_size=16",
+        "lm_student.fit.train_fraction=0.5",
         "samples.count=2",
         "samples.max_new_tokens=8",
         "report.latency_repeats=2",
@@ -75,6 +76,10 @@ def test_a_tiny_pair_is_distilled_and_measured(lm_report) -> None:
     assert rows["compress:onnx"]["perplexity"] == pytest.approx(rows["student"]["perplexity"], rel=1e-3)
     assert rows["compress:int8"]["bytes"] < rows["compress:onnx"]["bytes"]
     assert report["generated_batches"]["on_policy"] > 0 and report["generated_batches"]["sequence_kd"] > 0
+    # The students learn from half the training sequences and keep their best validation epoch.
+    dm_tokens = report["student_train_tokens"]
+    assert 0 < dm_tokens and report["distill_tokens_per_second"] * report["distill_seconds"] == pytest.approx(2 * dm_tokens)
+    assert report["student_epoch_kept"] in (0, 1)
     assert set(report["samples"]) == {"teacher:tiny_llama", "baseline", "student"}
     assert (tmp / "run" / "samples.md").read_text().startswith("# Sampled continuations")
     assert json.loads((tmp / "run" / "report.json").read_text())["student_val_perplexity"] > 1

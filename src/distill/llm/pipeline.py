@@ -255,6 +255,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "student_val_perplexity": by_name["student"]["val_perplexity"],
         "distill_seconds": seconds,
         "distill_tokens_per_second": fit.epochs * dm.num_tokens("train", fit.get("train_fraction")) / seconds,
+        "student_train_tokens": dm.num_tokens("train", fit.get("train_fraction")),
+        "student_epoch_kept": module.best["epoch"] if module.restore_best else fit.epochs - 1,
         "generated_batches": dict(module.generated_batches),
         "samples": {name: samples(m, dm, cfg) for name, m in models.items()},
     }
