@@ -10,6 +10,7 @@ the speed of distillation against plain student training, side by side.
 
     python scripts/bench_lm.py                                   # the CPU default
     python scripts/bench_lm.py --losses forward_kl reverse_kl -- lm_data.max_chars=200000
+    python scripts/bench_lm.py --losses forward_kl --skip-speed -- lm_student.fit.train_fraction=null
 """
 
 from __future__ import annotations
