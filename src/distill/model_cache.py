@@ -39,6 +39,12 @@ def _acquire(path: Path, label: str) -> FileLock:
     return lock
 
 
+def _store(path: Path, label: str, key: str, payload: dict[str, Any], model: nn.Module) -> None:
+    """Write the trained weights and, beside them, the payload that keys them (readable JSON)."""
+    save_model(path, model, payload=json.loads(json.dumps(payload, default=str)))
+    (path.parent / f"{label}-{key}.json").write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
+
+
 def cached_model(
     cache_dir: Path,
     label: str,
@@ -55,7 +61,7 @@ def cached_model(
     key = cache_key(payload)
     path = cache_dir / f"{label}-{key}.pt"
     if distributed.world_size() > 1:
-        return _cached_model_collective(cache_dir, label, key, payload, path, model, train)
+        return _cached_model_collective(label, key, payload, path, model, train)
     lock = _acquire(path, label)
     try:
         if path.exists():
@@ -64,15 +70,13 @@ def cached_model(
             return path, True
         log.info("Training %s (no cached copy with key %s)", label, key)
         train(model)
-        save_model(path, model, payload=json.loads(json.dumps(payload, default=str)))
-        (cache_dir / f"{label}-{key}.json").write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
+        _store(path, label, key, payload, model)
     finally:
         lock.release()
     return path, False
 
 
 def _cached_model_collective(
-    cache_dir: Path,
     label: str,
     key: str,
     payload: dict[str, Any],
@@ -95,8 +99,7 @@ def _cached_model_collective(
         log.info("Training %s on %d processes (no cached copy with key %s)", label, distributed.world_size(), key)
         train(model)
         if distributed.is_global_zero():
-            save_model(path, model, payload=json.loads(json.dumps(payload, default=str)))
-            (cache_dir / f"{label}-{key}.json").write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
+            _store(path, label, key, payload, model)
         distributed.barrier()
     finally:
         if lock.is_locked:

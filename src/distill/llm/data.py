@@ -80,6 +80,10 @@ class Document:
     complete: bool = True
     name: str = ""  # where it came from: a stdlib file's relative path, a file path, "file, line N"
 
+    @property
+    def chars(self) -> int:
+        return len(self.text)
+
 
 @dataclass
 class Pair:
@@ -88,6 +92,10 @@ class Pair:
     prompt: str
     completion: str
     name: str = ""
+
+    @property
+    def chars(self) -> int:
+        return len(self.prompt) + len(self.completion)
 
 
 class SequenceBatches(TensorBatches):
@@ -508,17 +516,14 @@ class TextDataModule(L.LightningDataModule):
             return items
         kept, chars = [], 0
         for item in items:
-            size = len(item.text) if isinstance(item, Document) else len(item.prompt) + len(item.completion)
-            if chars + size > self.max_chars:
+            if chars + item.chars > self.max_chars:
                 if isinstance(item, Document) and self.max_chars > chars:
                     kept.append(Document(item.text[: self.max_chars - chars], complete=False, name=item.name))
-                total = sum(
-                    len(i.text) if isinstance(i, Document) else len(i.prompt) + len(i.completion) for i in items
-                )
+                total = sum(i.chars for i in items)
                 log.info("Keeping the first %d of %d characters (data.max_chars)", self.max_chars, total)
                 break
             kept.append(item)
-            chars += size
+            chars += item.chars
         return kept
 
     def _split_items(self, items: list) -> dict[str, list]:
