@@ -78,7 +78,9 @@ def test_a_tiny_pair_is_distilled_and_measured(lm_report) -> None:
     assert report["generated_batches"]["on_policy"] > 0 and report["generated_batches"]["sequence_kd"] > 0
     # The students learn from half the training sequences and keep their best validation epoch.
     dm_tokens = report["student_train_tokens"]
-    assert 0 < dm_tokens and report["distill_tokens_per_second"] * report["distill_seconds"] == pytest.approx(2 * dm_tokens)
+    assert 0 < dm_tokens and report["distill_tokens_per_second"] * report["distill_seconds"] == pytest.approx(
+        2 * dm_tokens
+    )
     assert report["student_epoch_kept"] in (0, 1)
     assert set(report["samples"]) == {"teacher:tiny_llama", "baseline", "student"}
     assert (tmp / "run" / "samples.md").read_text().startswith("# Sampled continuations")
@@ -212,3 +214,42 @@ def test_restore_best_puts_back_the_lowest_validation_perplexity_epoch() -> None
                                  {}, optimizer=lambda p: None, restore_best=True)  # fmt: skip
     fresh.on_load_checkpoint(checkpoint)
     assert fresh.best["epoch"] == best and set(fresh.best["weights"]) == set(snaps.weights[best])
+
+
+def test_token_stats_and_teacher_choice_by_hand() -> None:
+    import math
+    from types import SimpleNamespace
+
+    from distill.llm.module import teacher_choice, token_stats
+
+    student = torch.tensor([[[2.0, 0, 0, 0], [0, 0, 3.0, 0], [0, 0, 0, 0]]])
+    labels = torch.tensor([[5, 0, -100]])  # position 0 predicts token 0; position 1 is masked
+    t1 = SimpleNamespace(logits=torch.tensor([[[0.0, 4, 0, 0], [0, 0, 9, 0], [0, 0, 0, 0]]]))
+    t2 = SimpleNamespace(logits=torch.tensor([[[3.0, 0, 0, 0], [0, 0, 9, 0], [0, 0, 0, 0]]]))
+    # mean logits at position 0: [1.5, 2, 0, 0] -> token 1, though t2 alone picks token 0 as the student does
+    assert teacher_choice({"a": t1, "b": t2}).tolist() == [[1, 2]]
+    assert teacher_choice({"b": t2}).tolist() == [[0, 2]]
+    nll = -(2.0 - math.log(math.exp(2.0) + 3))
+    stats = token_stats(student, labels, teacher_choice({"a": t1, "b": t2}))
+    assert stats["tokens"] == 1.0 and stats["nll"] == pytest.approx(nll, rel=1e-6)
+    assert stats["agree"] == 0.0  # the masked position agrees, but does not count
+    assert token_stats(student, labels, teacher_choice({"b": t2}))["agree"] == 1.0
+    assert token_stats(student, labels)["agree"] == 0.0
+
+
+def test_lm_cache_keys_follow_the_recipe_and_trainer_not_file_locations(tmp_path: Path) -> None:
+    from distill.model_cache import cache_key
+    from distill.pipeline import fit_payload
+
+    def key(*overrides: str) -> str:
+        cfg = compose_config([f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path}/run", *overrides], name="lm")
+        t = cfg.lm_teacher
+        return cache_key(fit_payload(cfg, "lm-teacher", t.model, t.fit, cfg.lm_data, vocab_size=1024))
+
+    base = key()
+    assert key(f"lm_data.cache_dir={tmp_path}/elsewhere") == base
+    assert key("lm_data.eval_batch_size=7") == base
+    assert key("trainer.precision=bf16-mixed") != base
+    assert key("lm_data.max_chars=1000") != base
+    assert key("lm_teacher.fit.epochs=5") != base
+    assert key("seed=3") != base

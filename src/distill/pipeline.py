@@ -42,7 +42,7 @@ TRAINER_KEYS_IN_CACHE_KEY = (
     "max_steps", "limit_train_batches", "fast_dev_run", "overfit_batches", "precision",
     "accumulate_grad_batches", "gradient_clip_val", "deterministic",
 )  # fmt: skip
-DATA_KEYS_NOT_IN_CACHE_KEY = ("data_dir", "eval_batch_size")
+DATA_KEYS_NOT_IN_CACHE_KEY = ("data_dir", "cache_dir", "eval_batch_size")  # where files are, not what they hold
 
 
 def build(node: DictConfig, what: str, **kwargs: Any) -> Any:
@@ -187,17 +187,23 @@ def fit_stage(
             net._compiled_call_impl = None  # measured, exported and compressed as the plain module
 
 
-def fit_payload(cfg: DictConfig, kind: str, net: DictConfig, fit: DictConfig) -> dict[str, Any]:
-    """Everything that determines a supervised model's weights: the cache key's content."""
-    data = OmegaConf.to_container(cfg.data, resolve=True)
+def fit_payload(
+    cfg: DictConfig, kind: str, net: DictConfig, fit: DictConfig, data: DictConfig | None = None, **extra: Any
+) -> dict[str, Any]:
+    """Everything that determines a trained model's weights: the cache key's content.
+
+    `data` is the data config node (`cfg.data` unless given); `extra` adds entries (e.g. the vocabulary size).
+    """
+    data_items = OmegaConf.to_container(cfg.data if data is None else data, resolve=True)
     trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
     return {
         "kind": kind,
         "net": OmegaConf.to_container(net, resolve=True),
         "fit": OmegaConf.to_container(fit, resolve=True),
-        "data": {k: v for k, v in data.items() if k not in DATA_KEYS_NOT_IN_CACHE_KEY},
+        "data": {k: v for k, v in data_items.items() if k not in DATA_KEYS_NOT_IN_CACHE_KEY},
         "seed": cfg.seed,
         "trainer": {k: trainer.get(k) for k in TRAINER_KEYS_IN_CACHE_KEY},
+        **extra,
     }
 
 

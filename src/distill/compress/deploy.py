@@ -297,9 +297,15 @@ def _as_session(path_or_session: Path | str | onnxruntime.InferenceSession) -> o
     return onnx_session(path_or_session) if isinstance(path_or_session, (str, Path)) else path_or_session
 
 
-def _run(session: onnxruntime.InferenceSession, x: Tensor) -> np.ndarray:
-    name = session.get_inputs()[0].name
-    return session.run(None, {name: x.detach().cpu().float().numpy()})[0]
+def _feed(x: Tensor) -> np.ndarray:
+    """A model input as ONNX Runtime takes it: float32 for real-valued inputs, integers (token ids) as they are."""
+    x = x.detach().cpu()
+    return (x.float() if x.is_floating_point() else x).contiguous().numpy()
+
+
+def onnx_run(session: onnxruntime.InferenceSession, x: Tensor) -> np.ndarray:
+    """The first output of the session's model for the input `x`."""
+    return session.run(None, {session.get_inputs()[0].name: _feed(x)})[0]
 
 
 def onnx_predict(
@@ -309,7 +315,7 @@ def onnx_predict(
     session = _as_session(path_or_session)
     logits, targets = [], []
     for batch in batches:
-        logits.append(torch.from_numpy(np.ascontiguousarray(_run(session, batch["x"]))).float())
+        logits.append(torch.from_numpy(np.ascontiguousarray(onnx_run(session, batch["x"]))).float())
         targets.append(batch["y"])
     return torch.cat(logits), torch.cat(targets)
 
@@ -324,7 +330,7 @@ def onnx_latency_ms(
     """Median wall time of one ONNX Runtime forward pass on the CPU at `batch_size`, in milliseconds."""
     session = _as_session(path_or_session)
     name = session.get_inputs()[0].name
-    x = example[:1].detach().cpu().float().expand(batch_size, *example.shape[1:]).contiguous().numpy()
+    x = _feed(example[:1].expand(batch_size, *example.shape[1:]))
     for _ in range(warmup):
         session.run(None, {name: x})
     times = []

@@ -232,8 +232,8 @@ class LMDistillationModule(L.LightningModule):
         self._val = {"nll": 0.0, "tokens": 0.0, "agree": 0.0}
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        stats = token_stats(self._forward(self.student, batch, False).logits, batch["labels"],
-                            self._teacher_outputs(batch, False) if self.teachers else {})  # fmt: skip
+        choice = teacher_choice(self._teacher_outputs(batch, False)) if self.teachers else None
+        stats = token_stats(self._forward(self.student, batch, False).logits, batch["labels"], choice)
         for k, v in stats.items():
             self._val[k] += v
 
@@ -279,15 +279,19 @@ class LMDistillationModule(L.LightningModule):
         }
 
 
-def token_stats(logits: Tensor, labels: Tensor, teacher_outputs: Mapping[str, Any]) -> dict[str, float]:
-    """Summed next-token NLL, valid-token count and top-1 agreement with the (mean) teacher over a batch."""
+def teacher_choice(teacher_outputs: Mapping[str, Any]) -> Tensor:
+    """The teachers' next-token choice at each position: the argmax of their mean logits (last position dropped)."""
+    return torch.stack([o.logits[:, :-1].float() for o in teacher_outputs.values()]).mean(0).argmax(-1)
+
+
+def token_stats(logits: Tensor, labels: Tensor, teacher_choice: Tensor | None = None) -> dict[str, float]:
+    """Summed next-token NLL, valid-token count and top-1 agreement with `teacher_choice` over a batch."""
     logits, labels = logits[:, :-1].float(), labels[:, 1:]
     valid = labels != IGNORE_INDEX
     nll = torch.nn.functional.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), labels.reshape(-1).clamp_min(0), reduction="none"
     ).reshape(labels.shape)
     stats = {"nll": float((nll * valid).sum()), "tokens": float(valid.sum()), "agree": 0.0}
-    if teacher_outputs:
-        teacher = torch.stack([o.logits[:, :-1].float() for o in teacher_outputs.values()]).mean(0)
-        stats["agree"] = float(((logits.argmax(-1) == teacher.argmax(-1)) & valid).sum())
+    if teacher_choice is not None:
+        stats["agree"] = float(((logits.argmax(-1) == teacher_choice) & valid).sum())
     return stats

@@ -15,11 +15,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from distill.checkpoints import save_model
+from distill.compress.deploy import onnx_latency_ms, onnx_run, onnx_session
 from distill.errors import DistillError
 from distill.llm.models import LogitsOnly, check_vocabularies
-from distill.llm.module import LMDistillationModule, token_stats
+from distill.llm.module import LMDistillationModule, teacher_choice, token_stats
+from distill.measure import count_parameters, latency_ms
 from distill.model_cache import cached_model
-from distill.pipeline import build, build_group, build_loggers, build_stages, fit_stage, make_trainer
+from distill.pipeline import build, build_group, build_loggers, build_stages, fit_payload, fit_stage, make_trainer
 from distill.report import publish_report
 from distill.resume import find_resume_dir
 from distill.runtime import prepare_run
@@ -56,35 +58,38 @@ def train_lm(cfg: DictConfig, module: LMDistillationModule, fit: DictConfig, dm:
     return trainer
 
 
-def fit_payload(cfg: DictConfig, kind: str, model: DictConfig, fit: DictConfig, dm: Any) -> dict[str, Any]:
-    data = OmegaConf.to_container(cfg.lm_data, resolve=True)
-    return {
-        "kind": kind, "model": OmegaConf.to_container(model, resolve=True), "fit": OmegaConf.to_container(fit, resolve=True),
-        "data": {k: v for k, v in data.items() if k not in ("cache_dir", "eval_batch_size")}, "seed": cfg.seed,
-        "vocab_size": dm.vocab_size,
-    }  # fmt: skip
+@torch.no_grad()
+def teacher_choices(teachers: dict[str, nn.Module], loader: Any) -> list[torch.Tensor] | None:
+    """The teachers' next-token choice at every position of every batch of `loader`: computed once, then
+    compared with each model's."""
+    if not teachers:
+        return None
+    choices = []
+    for batch in loader:
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
+        choices.append(teacher_choice({n: t.eval()(**inputs) for n, t in teachers.items()}))
+    return choices
 
 
 @torch.no_grad()
-def evaluate(model: Any, loader: Any, teachers: dict[str, nn.Module]) -> dict[str, float]:
-    """Test perplexity (exp of the mean next-token NLL over labelled tokens) and agreement with the teachers.
+def evaluate(model: Any, loader: Any, choices: list[torch.Tensor] | None = None) -> dict[str, float]:
+    """Perplexity (exp of the mean next-token NLL over labelled tokens) and, given the teachers' `choices`
+    for the same loader, agreement with them.
 
     `model` is a causal LM or an ONNX Runtime session of `LogitsOnly` (input_ids -> logits).
     """
     totals = {"nll": 0.0, "tokens": 0.0, "agree": 0.0}
-    for batch in loader:
+    for i, batch in enumerate(loader):
         if isinstance(model, nn.Module):
             model.eval()
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
         else:
-            logits = torch.from_numpy(model.run(None, {"input": batch["input_ids"].numpy()})[0])
-        outs = {n: t(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-                for n, t in teachers.items()}  # fmt: skip
-        for k, v in token_stats(logits, batch["labels"], outs).items():
+            logits = torch.from_numpy(onnx_run(model, batch["input_ids"]))
+        for k, v in token_stats(logits, batch["labels"], choices[i] if choices else None).items():
             totals[k] += v
     tokens = max(totals["tokens"], 1.0)
     metrics = {"perplexity": float(torch.tensor(totals["nll"] / tokens).exp()), "tokens": int(totals["tokens"])}
-    if teachers:
+    if choices:
         metrics["agreement"] = totals["agree"] / tokens
     return metrics
 
@@ -93,21 +98,6 @@ def model_bytes(model: nn.Module) -> int:
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     return len(buffer.getvalue())
-
-
-@torch.no_grad()
-def latency_ms(model: Any, ids: torch.Tensor, repeats: int) -> float:
-    """Median time of one forward pass over `ids` ([batch, seq_len])."""
-    times = []
-    for i in range(repeats + 2):
-        start = time.perf_counter()
-        if isinstance(model, nn.Module):
-            model.eval()(input_ids=ids, use_cache=False)
-        else:
-            model.run(None, {"input": ids.numpy()})
-        if i >= 2:
-            times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2] * 1e3
 
 
 @torch.no_grad()
@@ -159,7 +149,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 train_lm(cfg, lm_module(cfg, model, {}, tcfg.fit, dm, {}, 1.0, f"teacher_{name}"), tcfg.fit, dm,
                          loggers, f"teacher_{name}")  # fmt: skip
 
-            payload = fit_payload(cfg, "lm-teacher", tcfg.model, tcfg.fit, dm)
+            payload = fit_payload(cfg, "lm-teacher", tcfg.model, tcfg.fit, cfg.lm_data, vocab_size=dm.vocab_size)
             path, reused = cached_model(
                 Path(cfg.paths.cache_dir), f"lm-teacher-{name}", payload, teacher, train_teacher
             )
@@ -174,7 +164,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     def train_baseline(model: nn.Module) -> None:
         train_lm(cfg, lm_module(cfg, model, {}, fit, dm, {}, 1.0, "baseline"), fit, dm, loggers, "baseline")
 
-    payload = fit_payload(cfg, "lm-baseline", cfg.lm_student.model, fit, dm)
+    payload = fit_payload(cfg, "lm-baseline", cfg.lm_student.model, fit, cfg.lm_data, vocab_size=dm.vocab_size)
     path, reused = cached_model(Path(cfg.paths.cache_dir), "lm-baseline", payload, baseline, train_baseline)
     sources["baseline"] = f"cache {path.name}" if reused else f"trained, cached as {path.name}"
 
@@ -208,14 +198,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             compressed[f"compress:{name}"], infos[f"compress:{name}"] = current, result.info
 
     # 6. Every model measured the same way on the test split.
-    from distill.compress.deploy import onnx_session
-
     models: dict[str, Any] = {
         **{f"teacher:{n}": t for n, t in teachers.items()},
         "baseline": baseline,
         "student": student,
     }
     ids = dm.tensors["test"]["input_ids"]
+    choices = teacher_choices(teachers, dm.test_dataloader())
     rows = []
     for name, model in {**models, **compressed}.items():
         runner = model if not isinstance(model, Path) else onnx_session(model)
@@ -223,21 +212,25 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             runner = runner.model
         row: dict[str, Any] = {
             "model": name,
-            **evaluate(runner, dm.test_dataloader(), {} if name.startswith("teacher:") else teachers),
+            **evaluate(runner, dm.test_dataloader(), None if name.startswith("teacher:") else choices),
         }
-        row["val_perplexity"] = evaluate(runner, dm.val_dataloader(), {})["perplexity"]
+        row["val_perplexity"] = evaluate(runner, dm.val_dataloader())["perplexity"]
         if isinstance(model, Path):
             row["bytes"] = model.stat().st_size
             row["artifact"] = str(model)
         else:
             net = model.model if isinstance(model, LogitsOnly) else model
-            row["parameters"] = sum(p.numel() for p in net.parameters())
+            row["parameters"] = count_parameters(net)
             row["trainable_parameters"] = (
                 sum(p.numel() for p in net.parameters() if p.requires_grad) if name == "student" else row["parameters"]
             )
             row["bytes"] = model_bytes(net)
         for batch in cfg.report.latency_batch_sizes:
-            row[f"latency_ms_batch_{batch}"] = latency_ms(runner, ids[:batch], cfg.report.latency_repeats)
+            repeats = cfg.report.latency_repeats
+            row[f"latency_ms_batch_{batch}"] = (
+                onnx_latency_ms(runner, ids, batch, repeats) if isinstance(model, Path)
+                else latency_ms(LogitsOnly(runner), ids, batch, repeats)
+            )  # fmt: skip
         row["source"] = sources.get(name, "")
         if name in infos:
             row["stage"] = infos[name]
