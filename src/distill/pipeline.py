@@ -160,6 +160,15 @@ def make_trainer(cfg: DictConfig, stage: str, epochs: int, loggers: list[Any]) -
     )
 
 
+def set_resume_dir(cfg: DictConfig, out: Path) -> None:
+    """Record in `cfg.resume_dir` the interrupted run this one continues (`ckpt_path`, or a SLURM requeue), if any."""
+    resume_dir = find_resume_dir(cfg.get("ckpt_path"), out)
+    with open_dict(cfg):
+        cfg.resume_dir = str(resume_dir) if resume_dir else None
+    if resume_dir:
+        log.info("Continuing the interrupted run in %s", resume_dir)
+
+
 def fit_stage(
     cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule, train_loader: Any, val_loader: Any
 ) -> None:
@@ -379,11 +388,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     dry_teachers = {"baseline": copy.deepcopy(student)} if generations else copy.deepcopy(teachers)
     distillation_module(cfg, copy.deepcopy(student), dry_teachers, dm)  # dry run: shapes, layers, classes
     stages = build_stages(cfg)
-    resume_dir = find_resume_dir(cfg.get("ckpt_path"), out)
-    with open_dict(cfg):
-        cfg.resume_dir = str(resume_dir) if resume_dir else None
-    if resume_dir:
-        log.info("Continuing the interrupted run in %s", resume_dir)
+    set_resume_dir(cfg, out)
     distributed.start(cfg.trainer)  # a multi-process trainer: its processes start here, not at the first fit
     loggers = build_loggers(cfg)
 

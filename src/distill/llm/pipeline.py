@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from distill.checkpoints import save_model
@@ -21,9 +21,17 @@ from distill.llm.models import LogitsOnly, check_vocabularies
 from distill.llm.module import LMDistillationModule, teacher_choice, token_stats
 from distill.measure import count_parameters, latency_ms
 from distill.model_cache import cached_model
-from distill.pipeline import build, build_group, build_loggers, build_stages, fit_payload, fit_stage, make_trainer
+from distill.pipeline import (
+    build,
+    build_group,
+    build_loggers,
+    build_stages,
+    fit_payload,
+    fit_stage,
+    make_trainer,
+    set_resume_dir,
+)
 from distill.report import publish_report
-from distill.resume import find_resume_dir
 from distill.runtime import prepare_run
 
 log = logging.getLogger(__name__)
@@ -135,9 +143,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                     "student")  # fmt: skip
     dry.probe(next(iter(dm.train_dataloader(2))))  # a dry run: shapes and layers checked before any training
     terms = build_group(cfg, "lm_distill", "LM loss term", lambda t: hasattr(t, "weight"), "is not a LossTerm")
-    resume_dir = find_resume_dir(cfg.get("ckpt_path"), out)
-    with open_dict(cfg):
-        cfg.resume_dir = str(resume_dir) if resume_dir else None
+    set_resume_dir(cfg, out)
     loggers = build_loggers(cfg)
     sources: dict[str, str] = {}
 
