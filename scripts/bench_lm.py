@@ -51,24 +51,11 @@ def quality(losses: list[str], overrides: list[str], root: Path) -> list[dict]:
 def speed(overrides: list[str], rounds: int, steps: int, root: Path) -> dict[str, float]:
     import lightning as L
     from hydra import compose, initialize_config_dir
-    from lightning.pytorch.callbacks import Callback
 
+    from bench_overhead import EpochTimer  # the sibling script
     from distill.cli import CONFIG_DIR
     from distill.llm.pipeline import build_lm, lm_module
     from distill.pipeline import build, build_group
-
-    class Timer(Callback):
-        def __init__(self) -> None:
-            self.times: list[float] = []
-
-        def on_train_epoch_start(self, trainer, module) -> None:
-            self.start = time.perf_counter()
-
-        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-            self.end = time.perf_counter()
-
-        def on_train_epoch_end(self, trainer, module) -> None:
-            self.times.append(self.end - self.start)
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("lm", overrides=[f"paths.root_dir={root}", "lm_distill=[forward_kl]", *overrides])
@@ -82,7 +69,7 @@ def speed(overrides: list[str], rounds: int, steps: int, root: Path) -> dict[str
         "distillation": lm_module(cfg, build_lm(cfg.lm_student.model, "s", dm.vocab_size, 0), {"t": teacher}, fit, dm,
                                   build_group(cfg, "lm_distill", "term", lambda t: True, ""), cfg.lm_weight, "b"),
     }  # fmt: skip
-    timers = {name: Timer() for name in arms}
+    timers = {name: EpochTimer() for name in arms}
     tokens = fit.batch_size * steps * dm.tensors["train"]["input_ids"].shape[1]
     for _ in range(rounds):
         for name, module in arms.items():

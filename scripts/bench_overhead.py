@@ -43,6 +43,8 @@ class EpochTimer(Callback):
         self.start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if module.device.type == "cuda":  # GPU steps are asynchronous: wait for the batch to finish
+            torch.cuda.synchronize()
         self.last_batch_end = time.perf_counter()
 
     def on_train_epoch_end(self, trainer, module) -> None:

@@ -22,32 +22,14 @@ import warnings
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
 
+from bench_overhead import EpochTimer  # the sibling script
 from distill.data.vision import ImageBatches
 from distill.extras import QUIET
 from distill.losses import HardLabelLoss, KDLoss
 from distill.modules import DistillationModule, SupervisedModule
 from distill.nets.cifar import resnet8x4, resnet32x4
 from distill.runtime import flush_denormals, tune_cpu_allocator
-
-
-class StepTimer(Callback):
-    """Wall time of the training batches of each epoch (validation excluded)."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-
-    def on_train_epoch_start(self, trainer, module) -> None:
-        self.start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        if module.device.type == "cuda":
-            torch.cuda.synchronize()
-        self.end = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer, module) -> None:
-        self.times.append(self.end - self.start)
 
 
 def throughput(args: argparse.Namespace) -> None:
@@ -80,7 +62,7 @@ def throughput(args: argparse.Namespace) -> None:
                 net.to(memory_format=torch.channels_last)
             if args.compile:
                 net.compile()
-    timers = {name: StepTimer() for name in arms}
+    timers = {name: EpochTimer() for name in arms}
     for _ in range(args.rounds):
         for name, module in arms.items():
             trainer = L.Trainer(
