@@ -250,11 +250,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         summary = {"baseline_minus_student_perplexity": b - s}
         if b > t:
             summary["perplexity_gap_closed"] = (b - s) / (b - t)
+    train_tokens = dm.num_tokens("train", fit.get("train_fraction"))
     extra = {
         "student_val_perplexity": by_name["student"]["val_perplexity"],
         "distill_seconds": seconds,
-        "distill_tokens_per_second": fit.epochs * dm.num_tokens("train", fit.get("train_fraction")) / seconds,
-        "student_train_tokens": dm.num_tokens("train", fit.get("train_fraction")),
+        "distill_tokens_per_second": fit.epochs * train_tokens / seconds,
+        "student_train_tokens": train_tokens,
         "student_epoch_kept": module.best["epoch"] if module.restore_best else fit.epochs - 1,
         "generated_batches": dict(module.generated_batches),
         "samples": {name: samples(m, dm, cfg) for name, m in models.items()},
