@@ -3,10 +3,13 @@ processes asking for the same model at once."""
 
 from __future__ import annotations
 
+import copy
 import functools
 import multiprocessing
 import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -315,10 +318,113 @@ def test_failed_training_caches_nothing_and_releases_the_lock(tmp_path: Path) ->
     assert (reused, train.calls) == (False, 1)
 
 
-def test_cached_model_refuses_a_cache_entry_of_another_architecture(tmp_path: Path) -> None:
+def test_a_cache_entry_that_no_longer_fits_the_network_is_moved_aside_and_retrained(tmp_path: Path) -> None:
+    # Same key, other weights: the network's code changed since the entry was written.
+    path, _ = cached_model(tmp_path, "m", {"a": 1}, make_net(0), Trainer(seed=1))
+    net, train = make_net(0, (7,)), Trainer(seed=2)
+    again, reused = cached_model(tmp_path, "m", {"a": 1}, net, train)
+    assert (again, reused, train.calls) == (path, False, 1)
+    assert [p.name.split("-")[0] for p in tmp_path.glob("m-*.pt.unreadable-*")] == ["m"]
+    reference = make_net(0, (7,))
+    Trainer(seed=2)(reference)
+    assert_same_weights(net, reference)
+    assert_same_weights(load_weights(make_net(3, (7,)), path, "m"), reference)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "zero bytes", "text"])
+def test_a_corrupt_cache_entry_is_moved_aside_and_the_model_retrained(tmp_path: Path, damage: str) -> None:
+    path, _ = cached_model(tmp_path, "m", {"a": 1}, make_net(0), Trainer(seed=1))
+    data = path.read_bytes()
+    path.write_bytes({"truncated": data[: len(data) // 2], "zero bytes": b"", "text": b"not a model"}[damage])
+    net, train = make_net(4), Trainer(seed=1)
+    again, reused = cached_model(tmp_path, "m", {"a": 1}, net, train)
+    assert (again, reused, train.calls) == (path, False, 1)  # recovered: trained again, cached again
+    aside = list(tmp_path.glob("m-*.pt.unreadable-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() != data  # the damaged file, kept for inspection
+    reference = make_net(0)
+    Trainer(seed=1)(reference)
+    assert_same_weights(net, reference)
+    third, reused = cached_model(tmp_path, "m", {"a": 1}, make_net(5), Trainer(seed=9))
+    assert reused  # the next run reuses the new entry
+
+
+def test_a_failed_load_leaves_the_initial_weights(tmp_path: Path) -> None:
+    """A partly loaded entry must not leak into the network that is then trained from its initial weights."""
+    path, _ = cached_model(tmp_path, "m", {"a": 1}, make_net(0, (5, 3)), Trainer(seed=1))
+    state = torch.load(path, weights_only=True)
+    del state["state_dict"]["head.bias"]  # every other tensor fits
+    torch.save(state, path)
+    net, initial = make_net(7, (5, 3)), make_net(7, (5, 3))
+    seen = {}
+    cached_model(tmp_path, "m", {"a": 1}, net, lambda m: seen.update(w=copy.deepcopy(m.state_dict())))
+    for key, value in initial.state_dict().items():
+        assert torch.equal(seen["w"][key], value), key
+
+
+def test_stale_temporary_files_are_removed(tmp_path: Path) -> None:
+    from distill.atomic import temporary_name
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)  # a process that has ended
+    ours = temporary_name(tmp_path / "m-abc.pt")
+    left = ours.with_name(ours.name.replace(f".{os.getpid()}.", f".{pid}."))
+    left.write_bytes(b"")  # what a writer killed mid-write leaves
+    old = tmp_path / ".teacher-x.pt.otherhost.123.ab12cd34.tmp"
+    old.write_bytes(b"")
+    os.utime(old, (time.time() - 2 * 86400,) * 2)  # another host's, two days old
+    fresh = tmp_path / ".teacher-y.pt.otherhost.123.ab12cd34.tmp"
+    fresh.write_bytes(b"")  # another host's, being written now
+    mine = temporary_name(tmp_path / "m-def.pt")
+    mine.write_bytes(b"")  # this process is alive
     cached_model(tmp_path, "m", {"a": 1}, make_net(0), Trainer(seed=1))
-    with pytest.raises(DistillError, match="m: checkpoint .* does not fit"):
-        cached_model(tmp_path, "m", {"a": 1}, make_net(0, (7,)), Trainer(seed=1))
+    assert not left.exists() and not old.exists()
+    assert fresh.exists() and mine.exists()
+
+
+def test_cache_files_get_the_umask_permissions_not_0600(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        path, _ = cached_model(tmp_path, "m", {"a": 1}, make_net(0), Trainer(seed=1))
+        save_model(tmp_path / "student.ckpt", make_net(0))
+    finally:
+        os.umask(old)
+    for f in (path, path.with_suffix(".json"), tmp_path / "student.ckpt"):
+        assert f.stat().st_mode & 0o777 == 0o644, f  # readable by the team (group and others)
+    os.umask(0o077)
+    try:
+        save_model(tmp_path / "private.ckpt", make_net(0))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "private.ckpt").stat().st_mode & 0o777 == 0o600  # the umask is respected, not widened
+
+
+class ShortTrainer:
+    """A stand-in for a Lightning Trainer after fit: `current_epoch` epochs done of `max_epochs`."""
+
+    def __init__(self, done: int, wanted: int, max_steps: int = -1, global_step: int = 0) -> None:
+        self.current_epoch, self.max_epochs, self.max_steps, self.global_step = done, wanted, max_steps, global_step
+        self.interrupted = False
+
+
+def test_a_training_stopped_before_the_recipe_end_is_not_cached(tmp_path: Path) -> None:
+    from distill.model_cache import source_of, stopped_early
+
+    assert stopped_early(ShortTrainer(2, 60)) == "stopped after 2 of 60 epochs"
+    assert stopped_early(ShortTrainer(60, 60)) is None
+    assert stopped_early(ShortTrainer(3, 60, max_steps=200, global_step=200)) is None  # a step budget is the recipe
+    assert stopped_early(None) is None
+
+    def short(model: nn.Module) -> ShortTrainer:
+        Trainer(seed=1)(model)
+        return ShortTrainer(2, 60)
+
+    path, reused = cached_model(tmp_path, "m", {"a": 1}, make_net(0), short)
+    assert not reused and not path.exists()
+    assert source_of(path, reused) == "trained in this run, not cached: stopped after 2 of 60 epochs"
+    train = Trainer(seed=1)
+    path, reused = cached_model(tmp_path, "m", {"a": 1}, make_net(0), train)
+    assert (reused, train.calls) == (False, 1) and path.exists()  # trained again, in full this time
+    assert source_of(path, reused) == f"trained, cached as {path.name}"
 
 
 # Helpers for the spawned processes: module level, so the children can import them.

@@ -44,11 +44,12 @@ def logged_epochs(run: Path, key: str) -> list[int]:
 @pytest.fixture(scope="module")
 def interrupted(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("resume")
-    job = cli_job(tmp, "student.fit.epochs=8")
+    # The killer callback is on every command (the same overrides); DISTILL_TEST_KILL_EPOCH arms it.
+    killer = ["+callbacks.killer._target_=tests.helpers.KillAfterEpoch", "+callbacks.killer.stage=student"]
+    job = cli_job(tmp, "student.fit.epochs=8", *killer)
     full = run_cli(job, tmp)
     assert full.returncode == 0, full.stderr[-2000:]
-    killer = ["+callbacks.killer._target_=tests.helpers.KillAfterEpoch", "+callbacks.killer.stage=student"]
-    killed = run_cli([*job, *killer, "+callbacks.killer.epoch=3"], tmp)
+    killed = run_cli(job, tmp, env=cli_env(DISTILL_TEST_KILL_EPOCH="3"))
     assert killed.returncode == -9  # SIGKILL: no report, no clean-up
     resumed = run_cli([*job, "ckpt_path=last"], tmp)
     assert resumed.returncode == 0, resumed.stderr[-2000:]

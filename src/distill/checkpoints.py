@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
+from distill.atomic import atomic_write
 from distill.errors import DistillError
 
 FORMAT = "distill.model/1"
@@ -22,28 +24,38 @@ def save_model(path: Path, model: nn.Module, **meta: Any) -> int:
     `weights_only=True`.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, "state_dict": model.state_dict(), **meta}, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        torch.save({"format": FORMAT, "state_dict": model.state_dict(), **meta}, f)
     return path.stat().st_size
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
+def describe_load_error(err: BaseException) -> str:
+    """Why `torch.load(..., weights_only=True)` could not read a file, in words (not torch's advice)."""
+    text = " ".join(str(err).split())
+    if "Weights only load failed" in text:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text) or re.search(r"GLOBAL ([\w.]+)", text)
+        what = f" ({found.group(1)})" if found else ""
+        return (
+            f"it holds Python objects{what} beyond tensors and plain containers, or is an old pickle format; "
+            "checkpoints are read without running code (weights_only), so it is refused"
+        )
+    return "not a complete PyTorch checkpoint (truncated, or another kind of file)"
+
+
+def read_checkpoint(path: str | Path, what: str = "checkpoint") -> dict[str, Any]:
     """Load a checkpoint (ours or Lightning's) as tensors and plain containers only."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise DistillError(f"checkpoint not found: {path}")
+        raise DistillError(f"{what} not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols: the error below says enough
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - a corrupt file can fail anywhere in the unpickler
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DistillError(f"cannot read checkpoint {path}: {first_line}") from None
+        raise DistillError(f"cannot read {what} {path}: {describe_load_error(err)}") from None
+    if not isinstance(checkpoint, dict):
+        raise DistillError(f"cannot read {what} {path}: it holds a {type(checkpoint).__name__}, not a checkpoint")
+    return checkpoint
 
 
 def state_dict_of(
@@ -70,3 +82,16 @@ def load_weights(model: nn.Module, path: str | Path, who: str) -> nn.Module:
         detail = " ".join(str(err).split())[:300]
         raise DistillError(f"{who}: checkpoint {path} does not fit the configured network: {detail}") from None
     return model
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, made atomic: a checkpoint (`last.ckpt`, `hpc_ckpt_<n>.ckpt`) appears
+    whole or not at all, with the process umask's permissions; a failed write (a full disk, a read-only
+    folder) leaves the previous file in place and stops the run with one line naming the path."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None or "://" in str(path):  # remote storage: Lightning's own writer
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        with atomic_write(Path(path)) as f:
+            torch.save(checkpoint, f)
+        return None

@@ -12,6 +12,8 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 
+from distill.atomic import atomic_write
+
 
 @torch.inference_mode()
 def predict(model: nn.Module, batches: Iterable[dict[str, Tensor]]) -> tuple[Tensor, Tensor]:
@@ -66,8 +68,8 @@ def count_nonzero_parameters(model: nn.Module) -> int:
 
 def save_weights(model: nn.Module, path: Path) -> int:
     """Write the model's `state_dict` to `path` and return its size in bytes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), path)
+    with atomic_write(path) as f:
+        torch.save(model.state_dict(), f)
     return path.stat().st_size
 
 

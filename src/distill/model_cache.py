@@ -1,14 +1,20 @@
 """Trained models cached by a hash of everything that shaped them, shared safely between runs.
 
 A run that needs a model another run is training waits on a file lock instead of training it
-again; files appear atomically, so a reader never sees half a model.
+again; files appear atomically, so a reader never sees half a model. An entry that cannot be read
+(truncated, corrupted) is moved aside and trained again; a training that stopped before its
+recipe's end (`trainer.max_time`, an early-stopping callback) is not cached, so that no later run
+takes it for the full recipe; temporary files of writers that died are removed.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
+import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +23,9 @@ from filelock import FileLock, Timeout
 from torch import nn
 
 from distill import distributed
-from distill.checkpoints import load_weights, save_model
+from distill.atomic import remove_stale_temporaries, write_text
+from distill.checkpoints import load_weights, read_checkpoint, save_model
+from distill.errors import DistillError
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +50,71 @@ def _acquire(path: Path, label: str) -> FileLock:
 def _store(path: Path, label: str, key: str, payload: dict[str, Any], model: nn.Module) -> None:
     """Write the trained weights and, beside them, the payload that keys them (readable JSON)."""
     save_model(path, model, payload=json.loads(json.dumps(payload, default=str)))
-    (path.parent / f"{label}-{key}.json").write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
+    write_text(path.parent / f"{label}-{key}.json", json.dumps(payload, indent=2, sort_keys=True, default=str))
+
+
+# Why a model trained in this run was not cached, by the cache file it would have had.
+NOT_CACHED: dict[Path, str] = {}
+
+
+def stopped_early(trainer: Any) -> str | None:
+    """Why a finished `Trainer.fit` did not run its whole recipe (None when it did, or for no trainer)."""
+    if trainer is None or not hasattr(trainer, "current_epoch"):
+        return None
+    if getattr(trainer, "interrupted", False):
+        return "was interrupted"
+    max_steps = getattr(trainer, "max_steps", -1)
+    if max_steps is not None and max_steps >= 0 and trainer.global_step >= max_steps:
+        return None  # a step budget (trainer.max_steps) is part of the recipe and the cache key
+    done, wanted = trainer.current_epoch, trainer.max_epochs
+    if wanted is not None and wanted >= 0 and done < wanted:
+        return f"stopped after {done} of {wanted} epochs"
+    return None
+
+
+def source_of(path: Path, reused: bool) -> str:
+    """Where a model came from, for the report: the cache entry reused or written, or why none was written."""
+    if reused:
+        return f"cache {path.name}"
+    if path in NOT_CACHED:
+        return f"trained in this run, not cached: {NOT_CACHED[path]}"
+    return f"trained, cached as {path.name}"
+
+
+def move_aside(path: Path, why: str) -> Path | None:
+    """Rename an unreadable cache entry out of the way (kept for inspection); returns its new path."""
+    aside = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    try:
+        os.replace(path, aside)
+    except OSError as err:
+        log.warning("Cannot move the unreadable cache entry %s aside (%s)", path, err.strerror or err)
+        return None
+    log.warning("Cache entry %s is unreadable (%s): moved aside to %s; training it again", path, why, aside.name)
+    return aside
+
+
+def _load_cached(model: nn.Module, path: Path, label: str) -> bool:
+    """Fill `model` from the cache entry; an unreadable entry is moved aside and `model` left as it was."""
+    initial = copy.deepcopy(model.state_dict())
+    try:
+        load_weights(model, path, label)
+    except DistillError as err:
+        model.load_state_dict(initial)
+        move_aside(path, str(err).split(": ", 1)[-1])
+        return False
+    log.info("Reusing cached %s from %s", label, path)
+    return True
+
+
+def _finish(path: Path, label: str, key: str, payload: dict[str, Any], model: nn.Module, trainer: Any) -> None:
+    """Cache a model trained in this run, unless its training stopped before the recipe's end."""
+    short = stopped_early(trainer)
+    if short:
+        NOT_CACHED[path] = short
+        log.warning("%s %s: not cached, so that no run takes it for the full recipe", label, short)
+        return
+    NOT_CACHED.pop(path, None)
+    _store(path, label, key, payload, model)
 
 
 def cached_model(
@@ -50,11 +122,12 @@ def cached_model(
     label: str,
     payload: dict[str, Any],
     model: nn.Module,
-    train: Callable[[nn.Module], None],
+    train: Callable[[nn.Module], Any],
 ) -> tuple[Path, bool]:
     """Fill `model` with the cached weights for `payload`, or `train(model)` and cache it.
 
-    Returns the cache file and whether it was reused.
+    `train` may return its Lightning Trainer: a training that stopped before the recipe's end is
+    then not cached (`source_of` says why). Returns the cache file and whether it was reused.
     """
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -64,13 +137,12 @@ def cached_model(
         return _cached_model_collective(label, key, payload, path, model, train)
     lock = _acquire(path, label)
     try:
-        if path.exists():
-            log.info("Reusing cached %s from %s", label, path)
-            load_weights(model, path, label)
+        remove_stale_temporaries(cache_dir)
+        if path.exists() and _load_cached(model, path, label):
             return path, True
         log.info("Training %s (no cached copy with key %s)", label, key)
-        train(model)
-        _store(path, label, key, payload, model)
+        trainer = train(model)
+        _finish(path, label, key, payload, model, trainer)
     finally:
         lock.release()
     return path, False
@@ -82,7 +154,7 @@ def _cached_model_collective(
     payload: dict[str, Any],
     path: Path,
     model: nn.Module,
-    train: Callable[[nn.Module], None],
+    train: Callable[[nn.Module], Any],
 ) -> tuple[Path, bool]:
     """`cached_model` for the ranks of one distributed run: rank 0 holds the lock and decides for all.
 
@@ -91,15 +163,23 @@ def _cached_model_collective(
     """
     lock = _acquire(path, label) if distributed.is_global_zero() else FileLock(str(path) + ".lock")
     try:
-        reuse = distributed.broadcast(path.exists())
-        if reuse:
+        readable = False
+        if distributed.is_global_zero():
+            remove_stale_temporaries(path.parent)
+            if path.exists():
+                try:
+                    read_checkpoint(path, "cache entry")
+                    readable = True
+                except DistillError as err:
+                    move_aside(path, str(err).split(": ", 1)[-1])
+        if distributed.broadcast(readable):
             log.info("Reusing cached %s from %s", label, path)
             load_weights(model, path, label)
             return path, True
         log.info("Training %s on %d processes (no cached copy with key %s)", label, distributed.world_size(), key)
-        train(model)
+        trainer = train(model)
         if distributed.is_global_zero():
-            _store(path, label, key, payload, model)
+            _finish(path, label, key, payload, model, trainer)
         distributed.barrier()
     finally:
         if lock.is_locked:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from distill.atomic import atomic_write, write_text
 from distill.data.base import ArrayDataModule
 from distill.measure import (
     classification_metrics,
@@ -169,15 +168,13 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         ax.grid(True, alpha=0.3)
     fig.suptitle(f"{metric} vs. size and latency")
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png")
     plt.close(fig)
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_text(path, text)
 
 
 def publish_report(

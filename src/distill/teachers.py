@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from distill.checkpoints import load_weights, read_checkpoint
-from distill.model_cache import cached_model
+from distill.model_cache import cached_model, source_of
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def acquire_teacher(
     name: str,
     tcfg: DictConfig,
     net: nn.Module,
-    train: Callable[[nn.Module], None],
+    train: Callable[[nn.Module], Any],
     cache_dir: Path,
     payload: dict[str, Any],
 ) -> str:
@@ -40,4 +40,4 @@ def acquire_teacher(
         log.info("Teacher '%s' loaded from %s", name, tcfg.ckpt_path)
         return f"checkpoint {tcfg.ckpt_path}"
     path, reused = cached_model(cache_dir, f"teacher-{name}", payload, net, train)
-    return f"cache {path.name}" if reused else f"trained, cached as {path.name}"
+    return source_of(path, reused)

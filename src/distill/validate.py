@@ -109,7 +109,9 @@ def check_fit(fit: Any, key: str) -> None:
     check_optimizer(_get(fit, "optimizer"), f"{key}.optimizer")
     scheduler = _get(fit, "scheduler")
     if scheduler is not None and (not isinstance(scheduler, DictConfig) or "_target_" not in scheduler):
-        raise DistillError(f"{key}.scheduler must be null or a scheduler config with a _target_, got {_shown(scheduler)}")
+        raise DistillError(
+            f"{key}.scheduler must be null or a scheduler config with a _target_, got {_shown(scheduler)}"
+        )
     number(_get(fit, "gradient_clip_val"), f"{key}.gradient_clip_val", low=0, low_open=True, allow_none=True)
     number(_get(fit, "train_fraction"), f"{key}.train_fraction", low=0, high=1, low_open=True, allow_none=True)
     if "restore_best" in fit:

@@ -11,13 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from distill.atomic import atomic_write, remove_stale_temporaries
 from distill.data.base import ArrayDataModule, Splits
 
 log = logging.getLogger(__name__)
@@ -65,11 +64,9 @@ class MNIST1DDataModule(ArrayDataModule):
             path.parent,
         )
         data = make_dataset(args)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
-        with os.fdopen(fd, "wb") as f:
+        remove_stale_temporaries(path.parent)
+        with atomic_write(path) as f:  # a concurrent run sees the whole file or none
             np.savez(f, x=data["x"].astype(np.float32), y=data["y"].astype(np.int64))
-        os.replace(tmp, path)  # atomic: a concurrent run sees the whole file or none
 
     def load_splits(self) -> Splits:
         self.prepare_data()

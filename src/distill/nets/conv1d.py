@@ -7,6 +7,9 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from distill.errors import DistillError
+from distill.nets.mlp import check_widths
+
 
 class ConvNet1d(nn.Module):
     """Stacked Conv1d → BatchNorm → ReLU blocks (stride 2 after the first), then a linear head.
@@ -23,6 +26,9 @@ class ConvNet1d(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        check_widths("channels", channels)
+        if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1:
+            raise DistillError(f"ConvNet1d kernel_size must be an integer >= 1, got {kernel_size}")
         shape = tuple(input_shape)
         if len(shape) not in (1, 2):
             raise ValueError(f"ConvNet1d takes inputs of shape (length,) or (channels, length), got {shape}")

@@ -7,6 +7,17 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from distill.errors import DistillError
+
+
+def check_widths(name: str, widths: Sequence[int]) -> None:
+    """Layer widths must be a list of integers >= 1 (a zero-width layer trains nothing)."""
+    if isinstance(widths, str | int) or not all(isinstance(w, int) and not isinstance(w, bool) for w in widths):
+        raise DistillError(f"{name} must be a list of integer layer widths, got {widths}")
+    bad = [w for w in widths if w < 1]
+    if bad:
+        raise DistillError(f"{name} must be layer widths >= 1, got {list(widths)}")
+
 
 class MLP(nn.Module):
     """Flatten → [Linear → ReLU (→ Dropout)] × len(hidden) → Linear to `num_classes` logits."""
@@ -19,6 +30,9 @@ class MLP(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        check_widths("hidden", hidden)
+        if not 0 <= dropout < 1:
+            raise DistillError(f"MLP dropout must be in [0, 1), got {dropout}")
         in_features = math.prod(input_shape)
         layers: list[nn.Module] = [nn.Flatten()]
         for width in hidden:
