@@ -41,3 +41,37 @@ class NeedsCredential(L.Callback):
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if self.fail:
             raise RuntimeError(f"upload to {self.url} refused")
+
+
+class SweepConfigIsClean(L.Callback):
+    """Crash the job if its sweep's multirun.yaml holds the value of the environment variable `variable`."""
+
+    cache_neutral = True
+
+    def __init__(self, variable: str) -> None:
+        self.variable = variable
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        saved = Path(HydraConfig.get().sweep.dir) / "multirun.yaml"
+        if os.environ[self.variable] in saved.read_text():
+            raise RuntimeError(f"{saved} holds ${self.variable}")
+
+
+class FailWritesAfterEpoch(L.Callback):
+    """From the end of `stage`'s epoch DISTILL_TEST_FAIL_WRITES_EPOCH on, no file may grow past `limit` bytes
+    (RLIMIT_FSIZE, as a full disk would refuse): that epoch's checkpoint write fails half-way."""
+
+    cache_neutral = True
+
+    def __init__(self, stage: str, limit: int = 16384) -> None:
+        env = os.environ.get("DISTILL_TEST_FAIL_WRITES_EPOCH")
+        self.stage, self.limit, self.epoch = stage, limit, int(env) if env else -1
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        import resource
+
+        if Path(trainer.default_root_dir).name == self.stage and trainer.current_epoch == self.epoch:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing the process
+            resource.setrlimit(resource.RLIMIT_FSIZE, (self.limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))

@@ -112,8 +112,11 @@ def test_check_vocabularies_and_pretrained_errors(tmp_path: Path) -> None:
         check_vocabularies(a, {"t": b}, 100)
     with pytest.raises(DistillError, match="the models predict 100 tokens but the tokenizer has 120"):
         check_vocabularies(a, {}, 120)
-    with pytest.raises(DistillError, match="cannot load the pretrained model"):
+    with pytest.raises(DistillError, match="pretrained=.*nothing: folder not found"):
         causal_lm(100, pretrained=str(tmp_path / "nothing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DistillError, match="cannot load the pretrained model"):
+        causal_lm(100, pretrained=str(tmp_path / "empty"))
 
 
 def test_lora_student_trains_only_its_adapters() -> None:

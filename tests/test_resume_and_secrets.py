@@ -151,7 +151,8 @@ def test_redact_by_key_and_by_value(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_no_credential_reaches_the_run_folder(tmp_path: Path) -> None:
     env = cli_env(WANDB_API_KEY=SECRET, WANDB_MODE="offline", HF_TOKEN="hf_" + "y" * 30)
-    args = cli_job(tmp_path, "logger=many", f"+extra.api_key={SECRET}", "+extra.url=x${oc.env:HF_TOKEN}")
+    hook = ["+callbacks.upload._target_=tests.helpers.NeedsCredential", f"+callbacks.upload.token={SECRET}"]
+    args = cli_job(tmp_path, "logger=many", *hook, "+callbacks.upload.url=x${oc.env:HF_TOKEN}")
     result = run_cli(args, tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     (run,) = runs(tmp_path)
@@ -161,7 +162,7 @@ def test_no_credential_reaches_the_run_folder(tmp_path: Path) -> None:
         data = path.read_bytes()
         assert SECRET.encode() not in data, path
         assert b"hf_" + b"y" * 30 not in data, path
-    assert f"api_key: {REDACTED}" in (run / ".hydra" / "config.yaml").read_text()
+    assert f"token: {REDACTED}" in (run / ".hydra" / "config.yaml").read_text()
     assert REDACTED in (run / "csv" / "hparams.yaml").read_text()
 
 

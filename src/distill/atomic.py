@@ -74,6 +74,23 @@ def atomic_write(path: str | Path, mode: str = "wb", encoding: str | None = None
         raise
 
 
+def save_torch(obj: Any, path: str | Path) -> int:
+    """`torch.save(obj)` to `path`, atomically; returns the size in bytes.
+
+    Serialised in memory first (as Lightning's own writer does): torch's zip writer reports a failed
+    disk write as a bare RuntimeError, while a plain file write raises the OSError that names it.
+    """
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with atomic_write(path, "wb") as f:
+        f.write(buffer.getbuffer())
+    return buffer.getbuffer().nbytes
+
+
 def write_bytes(path: str | Path, data: bytes) -> int:
     with atomic_write(path, "wb") as f:
         f.write(data)

@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
-from distill.atomic import atomic_write
+from distill.atomic import save_torch
 from distill.errors import DistillError
 
 FORMAT = "distill.model/1"
@@ -23,10 +23,7 @@ def save_model(path: Path, model: nn.Module, **meta: Any) -> int:
     `meta` holds plain containers only (e.g. the network's config), so the file loads with
     `weights_only=True`.
     """
-    path = Path(path)
-    with atomic_write(path) as f:
-        torch.save({"format": FORMAT, "state_dict": model.state_dict(), **meta}, f)
-    return path.stat().st_size
+    return save_torch({"format": FORMAT, "state_dict": model.state_dict(), **meta}, Path(path))
 
 
 def describe_load_error(err: BaseException) -> str:
@@ -79,6 +76,12 @@ def load_weights(model: nn.Module, path: str | Path, who: str) -> nn.Module:
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
+        missing = set(model.state_dict()) - set(state)
+        if missing and missing <= {"input_mean", "input_std"}:
+            raise DistillError(
+                f"{who}: checkpoint {path} holds a network trained without input standardisation, but this data "
+                "standardises its features (data=file): set data.standardize=false to use it"
+            ) from None
         detail = " ".join(str(err).split())[:300]
         raise DistillError(f"{who}: checkpoint {path} does not fit the configured network: {detail}") from None
     return model
@@ -92,6 +95,5 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if storage_options is not None or "://" in str(path):  # remote storage: Lightning's own writer
             return super().save_checkpoint(checkpoint, path, storage_options)
-        with atomic_write(Path(path)) as f:
-            torch.save(checkpoint, f)
+        save_torch(checkpoint, Path(path))
         return None

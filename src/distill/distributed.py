@@ -53,10 +53,16 @@ def barrier() -> None:
 def start(trainer_cfg: DictConfig) -> None:
     """Launch the processes of a multi-process trainer config and join its process group now."""
     import hydra
+    from hydra.errors import InstantiationException
 
     if initialized():
         return
-    trainer = hydra.utils.instantiate(trainer_cfg, logger=False, enable_progress_bar=False)
+    try:
+        trainer = hydra.utils.instantiate(trainer_cfg, logger=False, enable_progress_bar=False)
+    except InstantiationException as err:
+        from distill.pipeline import instantiation_message
+
+        raise DistillError(f"cannot build trainer: {instantiation_message(err)}") from None
     strategy = trainer.strategy
     if getattr(strategy, "world_size", 1) <= 1 or not hasattr(strategy, "setup_distributed"):
         return

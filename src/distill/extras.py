@@ -18,7 +18,7 @@ QUIET = (
 
 
 def apply_extras(cfg: DictConfig) -> None:
-    """Act on `cfg.extras`: silence known-harmless warnings, print the config tree."""
+    """Act on `cfg.extras`: silence known-harmless warnings, print the config tree (credentials redacted)."""
     extras = cfg.get("extras") or {}
     if extras.get("ignore_warnings"):
         for pattern in QUIET:
@@ -27,5 +27,7 @@ def apply_extras(cfg: DictConfig) -> None:
         from rich.console import Console
         from rich.syntax import Syntax
 
-        text = OmegaConf.to_yaml(cfg, resolve=False)
+        from distill.secrets import redact, scrub
+
+        text = scrub(OmegaConf.to_yaml(OmegaConf.create(redact(OmegaConf.to_container(cfg, resolve=False)))))
         Console().print(Syntax(text, "yaml", theme="ansi_dark", background_color="default"))

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 
-from distill.atomic import atomic_write
+from distill.atomic import save_torch
 
 
 @torch.inference_mode()
@@ -68,9 +68,7 @@ def count_nonzero_parameters(model: nn.Module) -> int:
 
 def save_weights(model: nn.Module, path: Path) -> int:
     """Write the model's `state_dict` to `path` and return its size in bytes."""
-    with atomic_write(path) as f:
-        torch.save(model.state_dict(), f)
-    return path.stat().st_size
+    return save_torch(model.state_dict(), path)
 
 
 @torch.inference_mode()

@@ -26,6 +26,7 @@ from distill import distributed
 from distill.atomic import remove_stale_temporaries, write_text
 from distill.checkpoints import load_weights, read_checkpoint, save_model
 from distill.errors import DistillError
+from distill.secrets import redact
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,11 @@ def _acquire(path: Path, label: str) -> FileLock:
 
 def _store(path: Path, label: str, key: str, payload: dict[str, Any], model: nn.Module) -> None:
     """Write the trained weights and, beside them, the payload that keys them (readable JSON)."""
-    save_model(path, model, payload=json.loads(json.dumps(payload, default=str)))
-    write_text(path.parent / f"{label}-{key}.json", json.dumps(payload, indent=2, sort_keys=True, default=str))
+    shown = redact(
+        json.loads(json.dumps(payload, default=str))
+    )  # the key hashes the full payload; files hold no credential
+    save_model(path, model, payload=shown)
+    write_text(path.parent / f"{label}-{key}.json", json.dumps(shown, indent=2, sort_keys=True))
 
 
 # Why a model trained in this run was not cached, by the cache file it would have had.

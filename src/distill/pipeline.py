@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import copy
+import importlib
 import itertools
 import logging
 import os
+import re
 import sys
 import tempfile
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,32 +20,58 @@ import lightning as L
 import torch
 from hydra.errors import InstantiationException
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import CheckpointIO
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from distill import distributed
-from distill.checkpoints import save_model
+from distill.checkpoints import AtomicCheckpointIO, save_model
 from distill.compress.base import StageContext
-from distill.data.base import ArrayDataModule
+from distill.data.base import ArrayDataModule, attach_standardization, has_standardization
 from distill.errors import DistillError
 from distill.losses.base import LossTerm
 from distill.measure import classification_metrics, predict
-from distill.model_cache import cached_model
+from distill.model_cache import cached_model, source_of
 from distill.modules import DistillationModule, SupervisedModule
 from distill.report import measure_models, publish_report
-from distill.resume import check_compatible, find_resume_dir, stage_checkpoint
+from distill.resume import check_compatible, find_resume_dir, mark_continued, stage_checkpoint
 from distill.runtime import prepare_run
 from distill.secrets import command_line_has_secret, redact
 from distill.teachers import acquire_teacher, check_teacher_config
+from distill.validate import check_train_config
 
 log = logging.getLogger(__name__)
 
-# Trainer settings that change what a trained model is; the others (devices, logging) do not.
-TRAINER_KEYS_IN_CACHE_KEY = (
-    "max_steps", "limit_train_batches", "fast_dev_run", "overfit_batches", "precision",
-    "accumulate_grad_batches", "gradient_clip_val", "deterministic",
+# Trainer settings that cannot change the trained weights; every other Trainer setting (max_time,
+# precision, limits, accumulation, sync_batchnorm, ...) is part of a cached model's key.
+TRAINER_KEYS_NOT_IN_CACHE_KEY = (
+    "_target_", "accelerator", "devices", "num_nodes", "strategy", "plugins", "logger", "callbacks",
+    "enable_progress_bar", "enable_model_summary", "enable_checkpointing", "default_root_dir", "profiler",
+    "log_every_n_steps", "num_sanity_val_steps", "barebones", "detect_anomaly", "inference_mode",
+    "use_distributed_sampler",
 )  # fmt: skip
-DATA_KEYS_NOT_IN_CACHE_KEY = ("data_dir", "cache_dir", "eval_batch_size")  # where files are, not what they hold
+# Data settings that say where the data are or how they are evaluated, not what a model learns from:
+# the content itself is in the key (the data module's fingerprint).
+DATA_KEYS_NOT_IN_CACHE_KEY = (
+    "data_dir", "cache_dir", "eval_batch_size", "path", "paths", "root", "download", "verify", "device",
+    "channels_last", "num_workers", "pin_memory",
+)  # fmt: skip
+# Callbacks that watch or save a training without changing it; any other callback is part of the key.
+CALLBACKS_NOT_IN_CACHE_KEY = (
+    "lightning.pytorch.callbacks.ModelCheckpoint", "lightning.pytorch.callbacks.TQDMProgressBar",
+    "lightning.pytorch.callbacks.RichProgressBar", "lightning.pytorch.callbacks.LearningRateMonitor",
+    "lightning.pytorch.callbacks.ModelSummary", "lightning.pytorch.callbacks.RichModelSummary",
+    "lightning.pytorch.callbacks.DeviceStatsMonitor",
+)  # fmt: skip
+
+
+def instantiation_message(err: BaseException) -> str:
+    """What went wrong in `hydra.utils.instantiate`, in one line: the cause's own words, without Hydra's advice."""
+    cause = err.__cause__ or err.__context__
+    text = f"{type(cause).__name__}: {cause}" if cause is not None and str(cause) else str(err)
+    text = re.sub(r",? ?set env var HYDRA_FULL_ERROR=1 to see chained exception\.?", "", text)
+    text = re.sub(r"\s*full_key: \S+", "", text)
+    return " ".join(text.split())
 
 
 def build(node: DictConfig, what: str, **kwargs: Any) -> Any:
@@ -55,26 +84,47 @@ def build(node: DictConfig, what: str, **kwargs: Any) -> Any:
             cause = cause.__cause__ or cause.__context__
         if cause is not None:
             raise cause from None
-        raise DistillError(f"cannot build {what}: {' '.join(str(err).split())}") from None
+        raise DistillError(f"cannot build {what}: {instantiation_message(err)}") from None
 
 
-def build_net(node: DictConfig, what: str, seed: int) -> nn.Module:
-    """A network from its config, initialised from `seed` so that equal configs start equal."""
+# The data module `build_data` built for a run's config, by the config's id (dropped with the config).
+_DATA_OF_CONFIG: dict[int, Any] = {}
+
+
+def build_net(node: DictConfig, what: str, seed: int, dm: Any = None) -> nn.Module:
+    """A network from its config, initialised from `seed` so that equal configs start equal.
+
+    On data whose networks standardise their input (`dm.input_stats`: `data=file`), the network gets
+    that step (`distill.data.base.attach_standardization`). `dm` defaults to the data that
+    `build_data` built for the config `node` belongs to, so that every network of a run (teachers,
+    baseline, born-again generations, student) takes the same raw features.
+    """
     torch.manual_seed(seed)
     net = build(node, what)
     if not isinstance(net, nn.Module):
         raise DistillError(f"{what}: _target_ {node.get('_target_')} did not give an nn.Module")
+    if dm is None and hasattr(node, "_get_root"):
+        dm = _DATA_OF_CONFIG.get(id(node._get_root()))
+    stats = getattr(dm, "input_stats", None)
+    if stats is not None:
+        attach_standardization(net, *stats)
     return net
 
 
 def build_data(cfg: DictConfig) -> ArrayDataModule:
-    """Instantiate and set up the data; write its class count and input shape into `cfg.data`."""
+    """Instantiate and set up the data; write its class count and input shape into `cfg.data`.
+
+    The data module is also remembered for `cfg`: `build_net` gives the networks built from `cfg`
+    the data's input step.
+    """
     dm = build(cfg.data, "data")
     dm.prepare_data()
     dm.setup("fit")
     with open_dict(cfg):
         cfg.data.num_classes = dm.num_classes
         cfg.data.input_shape = list(dm.input_shape)
+    _DATA_OF_CONFIG[id(cfg)] = dm
+    weakref.finalize(cfg, _DATA_OF_CONFIG.pop, id(cfg), None)
     log.info("Data: %s", dm.describe())
     return dm
 
@@ -155,14 +205,30 @@ def make_trainer(cfg: DictConfig, stage: str, epochs: int, loggers: list[Any]) -
             cb.dirpath = os.path.join(cb.dirpath, stage)
     # Lightning writes its SLURM pre-emption checkpoint (hpc_ckpt_<n>.ckpt) into default_root_dir.
     root = os.path.join(cfg.paths.output_dir, "checkpoints", stage)
+    plugins = [build(n, f"trainer plugin {n.get('_target_')}") for n in (cfg.trainer.get("plugins") or [])]
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        plugins.append(AtomicCheckpointIO())  # a full disk leaves the previous last.ckpt, not half a new one
     return build(
-        cfg.trainer, "trainer", max_epochs=epochs, logger=loggers or False, callbacks=callbacks, default_root_dir=root
-    )
+        cfg.trainer, "trainer", max_epochs=epochs, logger=loggers or False, callbacks=callbacks,
+        default_root_dir=root, plugins=plugins,
+    )  # fmt: skip
+
+
+def command_overrides() -> list[str] | None:
+    """This run's command-line overrides, as Hydra saved them (credentials redacted), or None outside Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    from distill.resume import saved_overrides
+
+    saved = saved_overrides(Path(HydraConfig.get().runtime.output_dir))
+    return saved if saved is not None else list(HydraConfig.get().overrides.task)
 
 
 def set_resume_dir(cfg: DictConfig, out: Path) -> None:
     """Record in `cfg.resume_dir` the interrupted run this one continues (`ckpt_path`, or a SLURM requeue), if any."""
-    resume_dir = find_resume_dir(cfg.get("ckpt_path"), out)
+    resume_dir = find_resume_dir(cfg.get("ckpt_path"), out, command_overrides())
     with open_dict(cfg):
         cfg.resume_dir = str(resume_dir) if resume_dir else None
     if resume_dir:
@@ -196,22 +262,63 @@ def fit_stage(
             net._compiled_call_impl = None  # measured, exported and compressed as the plain module
 
 
+def _neutral_callback(node: Any) -> bool:
+    """A callback that cannot change the trained weights: listed above, or its class says `cache_neutral = True`."""
+    target = str(node.get("_target_", "")) if isinstance(node, dict) else ""
+    if target in CALLBACKS_NOT_IN_CACHE_KEY:
+        return True
+    module, _, name = target.rpartition(".")
+    try:
+        return bool(getattr(getattr(importlib.import_module(module), name), "cache_neutral", False))
+    except Exception:  # noqa: BLE001 - a class that cannot be located is kept in the key
+        return False
+
+
+def data_fingerprint(dm: Any) -> str | None:
+    """The data module's digest of what it holds (computed once), or None when it has no `fingerprint()`."""
+    if dm is None or not callable(getattr(dm, "fingerprint", None)):
+        return None
+    if getattr(dm, "_cache_fingerprint", None) is None:
+        dm._cache_fingerprint = dm.fingerprint()
+    return dm._cache_fingerprint
+
+
 def fit_payload(
-    cfg: DictConfig, kind: str, net: DictConfig, fit: DictConfig, data: DictConfig | None = None, **extra: Any
+    cfg: DictConfig,
+    kind: str,
+    net: DictConfig,
+    fit: DictConfig,
+    data: DictConfig | None = None,
+    dm: Any = None,
+    **extra: Any,
 ) -> dict[str, Any]:
     """Everything that determines a trained model's weights: the cache key's content.
 
-    `data` is the data config node (`cfg.data` unless given); `extra` adds entries (e.g. the vocabulary size).
+    The whole recipe, the network, the seed, every Trainer setting but those named in
+    TRAINER_KEYS_NOT_IN_CACHE_KEY, the callbacks that may change training, the number of processes,
+    and the data: their config (less where the files are) and, given the data module `dm` (or a
+    `data_fingerprint` entry in `extra`), a digest of their content. `data` is the data config node
+    (`cfg.data` unless given); `extra` adds entries (e.g. the vocabulary size).
     """
     data_items = OmegaConf.to_container(cfg.data if data is None else data, resolve=True)
     trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+    fingerprint = extra.pop("data_fingerprint", None) or data_fingerprint(dm)
+    if fingerprint is None:  # no digest of the content: at least the paths stay in the key
+        kept = ("path", "paths", "root")
+        data_part = {k: v for k, v in data_items.items() if k in kept or k not in DATA_KEYS_NOT_IN_CACHE_KEY}
+    else:
+        data_part = {k: v for k, v in data_items.items() if k not in DATA_KEYS_NOT_IN_CACHE_KEY}
+    callbacks = OmegaConf.to_container(cfg.get("callbacks") or {}, resolve=True)
     return {
         "kind": kind,
         "net": OmegaConf.to_container(net, resolve=True),
         "fit": OmegaConf.to_container(fit, resolve=True),
-        "data": {k: v for k, v in data_items.items() if k not in DATA_KEYS_NOT_IN_CACHE_KEY},
+        "data": data_part,
+        "data_fingerprint": fingerprint,
         "seed": cfg.seed,
-        "trainer": {k: trainer.get(k) for k in TRAINER_KEYS_IN_CACHE_KEY},
+        "trainer": {k: v for k, v in trainer.items() if k not in TRAINER_KEYS_NOT_IN_CACHE_KEY},
+        "callbacks": {k: v for k, v in sorted(callbacks.items()) if v and not _neutral_callback(v)},
+        "processes": distributed.world_size(),
         **extra,
     }
 
@@ -225,6 +332,7 @@ def train_supervised(cfg: DictConfig, stage: str, fit: DictConfig, dm: ArrayData
         module = SupervisedModule(net, optimizer, dm.num_classes, scheduler, stage, fit.get("gradient_clip_val"))
         trainer = make_trainer(cfg, stage, fit.epochs, loggers)
         fit_stage(cfg, trainer, module, dm.train_dataloader(fit.get("batch_size")), dm.val_dataloader())
+        return trainer
 
     return train
 
@@ -235,7 +343,7 @@ def acquire_teachers(
     """Fill each teacher net from its checkpoint, or train it once and cache it; returns where each came from."""
     sources = {}
     for name, tcfg in teacher_cfgs.items():
-        payload = fit_payload(cfg, "teacher", tcfg.net, tcfg.fit)
+        payload = fit_payload(cfg, "teacher", tcfg.net, tcfg.fit, dm=dm)
         train = train_supervised(cfg, f"teacher_{name}", tcfg.fit, dm, loggers)
         sources[f"teacher:{name}"] = acquire_teacher(
             name, tcfg, teachers[name], train, Path(cfg.paths.cache_dir), payload
@@ -246,10 +354,10 @@ def acquire_teachers(
 def acquire_baseline(cfg: DictConfig, dm: ArrayDataModule, loggers: list[Any]) -> tuple[nn.Module, str]:
     """The student architecture trained on the labels alone (cached); returns it and where it came from."""
     baseline = build_net(cfg.student.net, "student", cfg.seed)
-    payload = fit_payload(cfg, "baseline", cfg.student.net, cfg.student.baseline)
+    payload = fit_payload(cfg, "baseline", cfg.student.net, cfg.student.baseline, dm=dm)
     train = train_supervised(cfg, "baseline", cfg.student.baseline, dm, loggers)
     path, reused = cached_model(Path(cfg.paths.cache_dir), "baseline", payload, baseline, train)
-    return baseline, f"cache {path.name}" if reused else f"trained, cached as {path.name}"
+    return baseline, source_of(path, reused)
 
 
 def distillation_module(
@@ -373,6 +481,7 @@ def compress(
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run the whole job; returns the report."""
     out = Path(cfg.paths.output_dir)
+    check_train_config(cfg)  # every recipe and data field, before anything is read or trained
     prepare_run(cfg.seed, out / ".hydra")
     teacher_cfgs = cfg.get("teacher") or {}
     generations = (cfg.get("born_again") or {}).get("generations", 0)
@@ -411,6 +520,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "net": OmegaConf.to_container(cfg.student.net, resolve=True),
         "data": OmegaConf.to_container(cfg.data, resolve=True),
         "num_classes": dm.num_classes,
+        "class_names": getattr(dm, "class_names", None),  # label i is class_names[i]
+        "input_transform": "standardize" if has_standardization(student) else None,  # statistics: in the weights
     }
     if distributed.is_global_zero():
         save_model(out / "student.ckpt", student, **meta)
@@ -432,5 +543,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # The distilled student's validation accuracy: what a sweeper may optimise without seeing the test set.
     val_logits, val_targets = predict(student, dm.val_dataloader())
     extra = {"student_val_accuracy": classification_metrics(val_logits, val_targets)["accuracy"]}
+    if getattr(dm, "class_names", None):
+        extra["class_names"] = dm.class_names
     title = f"{cfg.task_name}: {', '.join(teacher_names) or 'no teacher'} → student"
-    return publish_report(rows, out, loggers, title=title, failure=failure, extra=extra)
+    report = publish_report(rows, out, loggers, title=title, failure=failure, extra=extra)
+    mark_continued(cfg.get("resume_dir"), out)
+    return report

@@ -303,6 +303,25 @@ def _feed(x: Tensor) -> np.ndarray:
     return (x.float() if x.is_floating_point() else x).contiguous().numpy()
 
 
+def onnx_sample_shape(path_or_session: Path | str | onnxruntime.InferenceSession) -> list[int | str]:
+    """The sample shape an ONNX model takes: its first input's axes after the batch axis (a named axis as its name)."""
+    dims = _as_session(path_or_session).get_inputs()[0].shape
+    return [d if isinstance(d, int) else str(d) for d in dims[1:]]
+
+
+def check_onnx_input_shape(
+    path_or_session: Path | str | onnxruntime.InferenceSession, sample_shape: Iterable[int], data: str, name: str = ""
+) -> None:
+    """Refuse `data` when its samples (of `sample_shape`) do not fit the ONNX model's input, naming both shapes."""
+    expected, got = onnx_sample_shape(path_or_session), [int(d) for d in sample_shape]
+    fits = len(expected) == len(got) and all(
+        not isinstance(e, int) or e == g for e, g in zip(expected, got, strict=True)
+    )
+    if not fits:
+        what = f"ONNX model {name}" if name else "the ONNX model"
+        raise DistillError(f"{what} takes samples of shape {expected} but {data} has samples of shape {got}")
+
+
 def onnx_run(session: onnxruntime.InferenceSession, x: Tensor) -> np.ndarray:
     """The first output of the session's model for the input `x`."""
     return session.run(None, {session.get_inputs()[0].name: _feed(x)})[0]
@@ -342,13 +361,17 @@ def onnx_latency_ms(
 
 
 def _initializers(path: Path | str) -> list[np.ndarray]:
+    """The model's initializers, less the input standardisation's statistics (buffers in PyTorch, not parameters)."""
+    from distill.data.base import STANDARDIZE_BUFFERS
+
     onnx = _require("onnx")
     path = Path(path)
     if not path.is_file():
         raise DistillError(f"no ONNX model at {path}")
     from onnx import numpy_helper
 
-    return [numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer]
+    graph = onnx.load(str(path)).graph
+    return [numpy_helper.to_array(t) for t in graph.initializer if t.name not in STANDARDIZE_BUFFERS]
 
 
 def onnx_parameters(path: Path | str) -> int:

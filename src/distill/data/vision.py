@@ -344,6 +344,12 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.input_shape = (channels, self.image_size, self.image_size)
         self.num_transfer = 0
 
+    def fingerprint(self) -> str:
+        """A digest of the image tree under `root`: every file's relative path, size and modification time."""
+        from distill.fingerprint import folder_fingerprint
+
+        return folder_fingerprint(self.root)
+
     @property
     def num_train(self) -> int:
         return len(self.sets["train"])

@@ -14,6 +14,9 @@ Sources (`source`):
   * `hf`: local files read with Hugging Face `datasets.load_dataset(hf_format, data_files=paths)`
     (`hf_format` json, csv, parquet or text), then fields as for `jsonl`. Never a hub name.
 
+A folder in `paths` stands for the files under it, sorted by relative path (hidden ones left out):
+every file for `text`, `*.jsonl` and `*.json` for `jsonl`, the format's suffixes for `hf`.
+
 Documents (text/jsonl/hf) are split by document when there are at least 3 (a seeded shuffle gives
 each split round(n * fraction) documents, at least one), else by character ranges (the last
 `val_fraction` and `test_fraction` of the text). Prompt/completion pairs are always split by pair.
@@ -57,6 +60,7 @@ from torch import Tensor
 
 from distill.data.batches import TensorBatches
 from distill.errors import DistillError
+from distill.fingerprint import digest_arrays, digest_text
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +70,14 @@ SPLITS = ("train", "val", "test")
 SOURCES = ("stdlib", "text", "jsonl", "hf")
 MODES = ("pack", "pad")
 HF_FORMATS = ("json", "csv", "parquet", "text")
+# The files read from a folder given in `paths`, by source (text: every non-hidden file) and hf_format.
+FOLDER_SUFFIXES = {
+    "jsonl": (".jsonl", ".json"),
+    "json": (".json", ".jsonl"),
+    "csv": (".csv",),
+    "parquet": (".parquet",),
+    "text": (".txt",),
+}
 STDLIB_SKIP = frozenset({"test", "tests", "idlelib", "site-packages"})
 
 
@@ -174,7 +186,7 @@ class TextDataModule(L.LightningDataModule):
                 "source=stdlib reads Python's standard library; give paths with source text, jsonl or hf"
             )
         if source != "stdlib" and not self.paths:
-            raise DistillError(f"source={source} needs paths: one or more local files")
+            raise DistillError(f"source={source} needs paths: one or more local files or folders")
         if source == "hf":
             hf_format = {"jsonl": "json", "txt": "text"}.get(hf_format, hf_format)
             if hf_format not in HF_FORMATS:
@@ -195,6 +207,7 @@ class TextDataModule(L.LightningDataModule):
         self.documents: dict[str, list[Document | Pair]] = {}  # the text of each split, before tokenizing
         self.corpus_stats: dict[str, Any] = {}
         self._tokenizer: Any = None
+        self._fingerprint: str | None = None
 
     # ------------------------------------------------------------------ properties
 
@@ -376,16 +389,36 @@ class TextDataModule(L.LightningDataModule):
         return self._split_by_chars(items)
 
     def _existing_files(self) -> list[Path]:
+        """The files of `paths`, a folder standing for the files under it (see `_folder_files`)."""
         files = []
         for p in self.paths or []:
             path = Path(p).expanduser()
-            if not path.is_file():
-                hint = " (local files only: hub dataset names are not supported)" if self.source == "hf" else ""
-                raise DistillError(f"{self.source} data file not found: {p}{hint}")
-            if path.stat().st_size == 0:
-                raise DistillError(f"{self.source} data file is empty: {p}")
-            files.append(path)
+            found = self._folder_files(path) if path.is_dir() else [path]
+            for file in found:
+                if not file.is_file():
+                    hint = " (local files only: hub dataset names are not supported)" if self.source == "hf" else ""
+                    raise DistillError(f"{self.source} data file not found: {p}{hint}")
+                if file.stat().st_size == 0:
+                    raise DistillError(f"{self.source} data file is empty: {file}")
+            files += found
         return files
+
+    def _folder_files(self, folder: Path) -> list[Path]:
+        """The files under `folder` (hidden ones left out), sorted by relative path: every file for source
+        text, else those with the format's suffixes (jsonl: .jsonl and .json; hf: those of hf_format)."""
+        suffixes = (
+            None if self.source == "text" else FOLDER_SUFFIXES[self.hf_format if self.source == "hf" else "jsonl"]
+        )
+        found = []
+        for directory, subdirs, names in os.walk(folder):
+            subdirs[:] = [d for d in subdirs if not d.startswith(".")]
+            for name in names:
+                if not name.startswith(".") and (suffixes is None or name.lower().endswith(suffixes)):
+                    found.append(Path(directory) / name)
+        if not found:
+            wanted = "no file" if suffixes is None else f"no {' or '.join('*' + s for s in suffixes)} file"
+            raise DistillError(f"{self.source} data folder {folder} holds {wanted}")
+        return sorted(found, key=lambda f: f.relative_to(folder).as_posix())
 
     def _read_text(self, path: Path) -> str:
         try:
@@ -563,7 +596,38 @@ class TextDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ tokenizer
 
-    def _cache_key(self) -> str:
+    def fingerprint(self) -> str:
+        """A digest of what a model learns from here (after `setup`): the token tensors of every split and
+        the tokenizer's identity (its vocabulary and merges), so that other text or another
+        tokenizer under the same paths gives another fingerprint."""
+        if self._fingerprint is None:
+            arrays = {f"{split}.{name}": t for split in SPLITS for name, t in self._split(split).items()}
+            self._fingerprint = digest_text([digest_arrays(arrays), self._tokenizer_digest()])
+        return self._fingerprint
+
+    def _tokenizer_digest(self) -> str:
+        tokenizer = self.tokenizer
+        special = json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str)
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is not None:  # a fast tokenizer: its whole JSON (model, vocabulary, merges, normalisers)
+            return digest_text([backend.to_str(), special])
+        vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+        return digest_text([json.dumps(vocab), special])
+
+    @staticmethod
+    def _bpe_texts(train: list) -> list[str]:
+        """The strings a BPE learns from: each document, or each pair's prompt and completion."""
+        return [
+            t
+            for item in train
+            for t in ((item.text,) if isinstance(item, Document) else (item.prompt, item.completion))
+        ]
+
+    def _cache_key(self, train: list | None = None) -> str:
+        """The BPE's cache key: the settings and a digest of the training text (`train`: the training split's
+        documents; read from the source when not given)."""
+        if train is None:
+            train = self.documents.get("train") or self._load_splits()["train"]
         paths = [str(Path(p).expanduser().resolve()) for p in self.paths or []]
         if self.source == "stdlib":
             paths = [sysconfig.get_paths()["stdlib"], f"python{sys.version_info[0]}.{sys.version_info[1]}"]
@@ -575,6 +639,7 @@ class TextDataModule(L.LightningDataModule):
             "seed": self.seed,
             "fractions": [self.val_fraction, self.test_fraction],
             "fields": [self.text_field, self.prompt_field, self.completion_field, self.hf_format],
+            "text": digest_text(self._bpe_texts(train)),
         }
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -598,7 +663,7 @@ class TextDataModule(L.LightningDataModule):
             raise DistillError(
                 f"vocab_size must be >= 258 (256 bytes + 2 special tokens), got {self.requested_vocab_size}"
             )
-        path = self.cache_dir / f"tokenizer-{self._cache_key()}.json"
+        path = self.cache_dir / f"tokenizer-{self._cache_key(train)}.json"
         self.tokenizer_path = path
         if path.is_file():
             log.info("Reusing tokenizer %s", path)
@@ -621,11 +686,7 @@ class TextDataModule(L.LightningDataModule):
     def _train_bpe(self, train: list) -> Any:
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: PLC0415
 
-        texts = [
-            t
-            for item in train
-            for t in ((item.text,) if isinstance(item, Document) else (item.prompt, item.completion))
-        ]
+        texts = self._bpe_texts(train)
         start = time.perf_counter()
         backend = Tokenizer(models.BPE())
         backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -3,7 +3,9 @@ from a config for small models trained here; optionally wrapped with LoRA adapte
 
 from __future__ import annotations
 
+import inspect
 import logging
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,6 +14,59 @@ from torch import Tensor, nn
 from distill.errors import DistillError
 
 log = logging.getLogger(__name__)
+
+# Options of `from_pretrained` that are not config attributes (how to load, not what to build);
+# with the named parameters of `PreTrainedModel.from_pretrained` itself, these pass through as given.
+LOADING_OPTIONS = frozenset({
+    "attn_implementation", "device_map", "max_memory", "offload_folder", "offload_buffers", "quantization_config",
+    "subfolder", "trust_remote_code", "variant", "key_mapping", "tp_plan", "tp_size", "device_mesh", "use_kernels",
+    "kernel_config", "experts_implementation", "gguf_file", "generation_config", "proxies", "distributed_config",
+})  # fmt: skip
+# Precisions that keep the weights themselves in 16 bits: updates smaller than a weight's rounding step are lost.
+HALF_PRECISIONS = frozenset({"16-true", "bf16-true", "half-true", "transformer-engine-float16"})
+
+
+def check_pretrained_source(pretrained: str, local_files_only: bool = True, key: str = "pretrained") -> None:
+    """Refuse, in one line and before anything is read, a pretrained model that cannot be there.
+
+    A value that looks like a path (or any value when `local_files_only`) must be a folder, or (a hub
+    name with `local_files_only`) be in the local Hugging Face cache.
+    """
+    path = Path(str(pretrained)).expanduser()
+    if path.is_dir():
+        return
+    if path.exists():
+        raise DistillError(f"{key}={pretrained}: a file, not a model folder (one written by save_pretrained)")
+    text = str(pretrained)
+    looks_like_path = text.startswith(("/", ".", "~")) or "\\" in text or text.count("/") > 1
+    if looks_like_path:
+        raise DistillError(f"{key}={pretrained}: folder not found")
+    if local_files_only:
+        from huggingface_hub import try_to_load_from_cache  # noqa: PLC0415
+
+        try:
+            cached = try_to_load_from_cache(text, "config.json")
+        except ValueError:  # not a valid hub name either
+            cached = None
+        if not isinstance(cached, str):
+            owner = key.rsplit(".", 1)[0] + "." if "." in key else ""
+            raise DistillError(
+                f"{key}={pretrained}: folder not found, nor in the local Hugging Face cache "
+                f"({owner}local_files_only=false to download it)"
+            )
+
+
+def _unknown_options(pretrained: str, local_files_only: bool, options: dict[str, Any]) -> list[str]:
+    """The names in `options` that are neither attributes of the model's config nor loading options."""
+    from transformers import AutoConfig, PreTrainedModel  # noqa: PLC0415
+
+    if not options:
+        return []
+    _, unused = AutoConfig.from_pretrained(
+        pretrained, local_files_only=local_files_only, return_unused_kwargs=True, **options
+    )
+    named = set(inspect.signature(PreTrainedModel.from_pretrained).parameters) - {"model_args", "kwargs"}
+    return sorted(k for k in unused if k not in LOADING_OPTIONS | named)
 
 
 def causal_lm(
@@ -26,19 +81,28 @@ def causal_lm(
     """A `transformers` causal LM.
 
     `pretrained`: a local directory or hub name for `AutoModelForCausalLM.from_pretrained`
-    (`local_files_only=False` lets it download). Otherwise a fresh model of `model_type` with the
-    remaining keyword arguments as its config (hidden_size, num_hidden_layers, ...) and the data's
-    `vocab_size`. `lora` (r, alpha, dropout, target_modules) wraps the model with peft's LoRA:
-    only the adapters train.
+    (`local_files_only=False` lets it download); the remaining keyword arguments go with it: config
+    attributes (`attention_dropout`, `rope_scaling`, ...) update the model's config, loading options
+    (`attn_implementation`, `device_map`, ...) go to `from_pretrained`, and any other name is
+    refused. Otherwise a fresh model of `model_type` with the remaining keyword arguments as its
+    config (hidden_size, num_hidden_layers, ...) and the data's `vocab_size`. `lora` (r, alpha,
+    dropout, target_modules) wraps the model with peft's LoRA: only the adapters train.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if pretrained:
+        check_pretrained_source(pretrained, local_files_only)
         try:
+            unknown = _unknown_options(pretrained, local_files_only, config)
+            if unknown:
+                raise DistillError(
+                    f"pretrained model '{pretrained}': unknown option(s) {', '.join(unknown)} "
+                    "(neither attributes of its config nor from_pretrained options)"
+                )
             model = AutoModelForCausalLM.from_pretrained(
-                pretrained, local_files_only=local_files_only, dtype=torch_dtype or "auto"
+                pretrained, local_files_only=local_files_only, dtype=torch_dtype or "auto", **config
             )
-        except OSError as err:
+        except (OSError, ValueError, TypeError) as err:
             raise DistillError(
                 f"cannot load the pretrained model '{pretrained}': {' '.join(str(err).split())[:240]}"
             ) from None
@@ -68,6 +132,58 @@ def with_lora(
         return get_peft_model(model, config)
     except ValueError as err:
         raise DistillError(f"LoRA: {err}") from None
+
+
+def float32_trainable(model: nn.Module) -> nn.Module:
+    """Every parameter that trains held in float32 (frozen ones, such as LoRA's base weights, keep their dtype).
+
+    Mixed precision computes in 16 bits but steps the optimiser on these float32 weights: an update
+    far smaller than a weight (lr 2e-5 on a norm weight near 1) survives, where a bfloat16 weight
+    would round it away.
+    """
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+    return model
+
+
+def trained_parameters(model: nn.Module) -> int:
+    """Parameters of `model` that an optimiser would update (requires_grad)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def max_positions(model: nn.Module) -> tuple[str, int] | None:
+    """The model's longest sequence: (config attribute, value) from `max_position_embeddings` or `n_positions`."""
+    config = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return name, value
+    return None
+
+
+def check_positions(models: dict[str, nn.Module], lengths: dict[str, int]) -> None:
+    """Refuse any of `lengths` beyond a model's positions.
+
+    `models`: the owner's name in the message ("student") -> model; `lengths`: the setting as the
+    message shows it ("lm_data.seq_len=1024") -> the tokens it makes a model see at once.
+    """
+    for owner, model in models.items():
+        limit = max_positions(model)
+        if limit is None:
+            continue
+        for setting, length in lengths.items():
+            if length > limit[1]:
+                raise DistillError(f"{setting} exceeds the {owner}'s {limit[0]} ({limit[1]})")
+
+
+def check_precision(precision: Any) -> None:
+    """Refuse a precision that would keep the trained weights in 16 bits."""
+    if str(precision).lower() in HALF_PRECISIONS:
+        raise DistillError(
+            f"trainer.precision={precision} would store the trained weights in 16 bits, where small updates "
+            "round away; use bf16-mixed (or 16-mixed): 16-bit compute, float32 weights"
+        )
 
 
 def vocab_size_of(model: nn.Module) -> int:

@@ -72,9 +72,10 @@ class LMDistillationModule(L.LightningModule):
     weight x its value (token-level divergences, hidden states). With `on_policy_fraction`, that
     share of batches is replaced by the student's own sampled continuations of the batch's
     prompts (on-policy distillation, Agarwal et al. 2024); with `sequence_kd_fraction`, by the
-    teacher's (sequence-level KD, Kim & Rush 2016). Generated tokens carry no language-modelling
-    loss on on-policy batches (they are the student's own). Teachers are frozen, kept out of the
-    optimiser and out of checkpoints.
+    teacher's (sequence-level KD, Kim & Rush 2016); see `generate_batch`. Generated tokens carry
+    no language-modelling loss on on-policy batches (they are the student's own). Teachers are
+    frozen, kept out of the optimiser and out of checkpoints, and stay in eval mode; the student
+    trains in train mode (dropout on) even when it was loaded in eval mode.
     """
 
     def __init__(
@@ -93,6 +94,7 @@ class LMDistillationModule(L.LightningModule):
         prefix: str = "student",
         pad_token_id: int = 0,
         restore_best: bool = False,
+        eos_token_id: int | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("on_policy_fraction", on_policy_fraction), ("sequence_kd_fraction", sequence_kd_fraction)):
@@ -110,6 +112,7 @@ class LMDistillationModule(L.LightningModule):
         self.on_policy_fraction, self.sequence_kd_fraction = on_policy_fraction, sequence_kd_fraction
         self.prompt_len, self.generation_temperature = prompt_len, generation_temperature
         self.seed, self.prefix, self.pad_token_id = seed, prefix, pad_token_id
+        self.eos_token_id = eos_token_id
         self.hidden = any(term.student_layers for term in self.terms.values())
         self._val: dict[str, float] = {}
         self.generated_batches = {"on_policy": 0, "sequence_kd": 0}
@@ -122,6 +125,11 @@ class LMDistillationModule(L.LightningModule):
     def net(self) -> nn.Module:
         """The model being trained (the name every module of the project uses)."""
         return self.student
+
+    def on_fit_start(self) -> None:
+        # A model loaded with from_pretrained comes in eval mode (dropout off) and Lightning leaves
+        # modes as they are: the student trains in train mode (teachers stay in eval mode, see train()).
+        self.train()
 
     def on_train_epoch_start(self) -> None:
         loader = self.trainer.train_dataloader  # shuffle by epoch number: a resumed run sees the same batches
@@ -167,23 +175,69 @@ class LMDistillationModule(L.LightningModule):
         with torch.no_grad():
             return {n: self._forward(t, batch, hidden) for n, t in self.teachers.items()}
 
+    def prompt_lengths(self, batch: dict[str, Tensor]) -> Tensor:
+        """Each row's prompt, in tokens from its start (rows are right-padded).
+
+        Prompt/completion rows: the masked prefix (the leading real tokens labelled -100). Plain
+        text (no masked prefix): the first `prompt_len` real tokens, leaving at least one to continue.
+        """
+        mask = batch["attention_mask"].bool()
+        real = mask.sum(1)
+        labels = batch.get("labels")
+        if labels is None:
+            prefix = torch.zeros_like(real)
+        else:
+            prefix = ((labels == IGNORE_INDEX) & mask).long().cumprod(1).sum(1)
+        plain = (real - 1).clamp(min=1, max=max(self.prompt_len, 1))
+        return torch.where(prefix > 0, prefix, plain)
+
     @torch.no_grad()
     def generate_batch(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """The batch's first `prompt_len` tokens continued by `model` (sampled) to the same length."""
-        ids, mask = batch["input_ids"], batch["attention_mask"]
-        length, prompt = ids.shape[1], min(self.prompt_len, ids.shape[1] - 1)
-        was_training = model.training
-        model.eval()
-        out = model.generate(
-            input_ids=ids[:, :prompt], attention_mask=mask[:, :prompt], max_new_tokens=length - prompt,
-            min_new_tokens=length - prompt, do_sample=True, temperature=self.generation_temperature, top_k=0,
-            use_cache=True, pad_token_id=self.pad_token_id,
-        )  # fmt: skip
-        model.train(was_training)
-        out = out[:, :length]
-        labels = out.clone()
-        labels[:, :prompt] = IGNORE_INDEX
-        return {"input_ids": out, "attention_mask": torch.ones_like(out), "labels": labels}
+        """Each row's prompt (see `prompt_lengths`) continued by `model`, sampled, within the row's length.
+
+        The prompts are left-padded for generation; a completion ends at the end-of-text token
+        (`eos_token_id`, kept as its last token) or where the row ends. The batch comes back
+        right-padded to the same length: attention_mask 0 on padding, labels -100 on the prompt and
+        the padding, so only the generated completion is scored.
+        """
+        ids = batch["input_ids"]
+        rows, length = ids.shape
+        prompts = self.prompt_lengths(batch)
+        room = length - prompts  # new tokens each row can hold
+        width = int(prompts.max())
+        left = ids.new_full((rows, width), self.pad_token_id)
+        left_mask = torch.zeros_like(left)
+        for i, p in enumerate(prompts.tolist()):
+            left[i, width - p :] = ids[i, :p]
+            left_mask[i, width - p :] = 1
+        completions = ids.new_zeros((rows, 0))
+        if int(room.max()) > 0:
+            was_training = model.training
+            model.eval()
+            try:
+                out = model.generate(
+                    input_ids=left, attention_mask=left_mask, max_new_tokens=int(room.max()), do_sample=True,
+                    temperature=self.generation_temperature, top_k=0, top_p=1.0, use_cache=True,
+                    pad_token_id=self.pad_token_id,
+                    eos_token_id=[] if self.eos_token_id is None else self.eos_token_id,  # []: rows are filled
+                )  # fmt: skip
+            finally:
+                model.train(was_training)
+            completions = out[:, width:]
+        input_ids = ids.new_full((rows, length), self.pad_token_id)
+        attention_mask = torch.zeros_like(input_ids)
+        labels = torch.full_like(input_ids, IGNORE_INDEX)
+        for i, (p, r) in enumerate(zip(prompts.tolist(), room.tolist(), strict=True)):
+            completion = completions[i, :r]
+            if self.eos_token_id is not None:
+                ends = (completion == self.eos_token_id).nonzero()
+                if len(ends):
+                    completion = completion[: int(ends[0]) + 1]
+            end = p + len(completion)
+            input_ids[i, :p], input_ids[i, p:end] = ids[i, :p], completion
+            attention_mask[i, :end] = 1
+            labels[i, p:end] = completion
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
     def _source(self) -> str:
         draw = random.Random(self.seed * 1_000_003 + self.global_step).random()

@@ -17,10 +17,19 @@ from torch import nn
 from distill.checkpoints import save_model
 from distill.compress.deploy import onnx_latency_ms, onnx_run, onnx_session
 from distill.errors import DistillError
-from distill.llm.models import LogitsOnly, check_vocabularies
+from distill.fingerprint import folder_fingerprint
+from distill.llm.models import (
+    LogitsOnly,
+    check_positions,
+    check_precision,
+    check_pretrained_source,
+    check_vocabularies,
+    float32_trainable,
+    trained_parameters,
+)
 from distill.llm.module import LMDistillationModule, teacher_choice, token_stats
 from distill.measure import count_parameters, latency_ms
-from distill.model_cache import cached_model
+from distill.model_cache import cached_model, source_of
 from distill.pipeline import (
     build,
     build_group,
@@ -32,17 +41,38 @@ from distill.pipeline import (
     set_resume_dir,
 )
 from distill.report import publish_report
+from distill.resume import mark_continued
 from distill.runtime import prepare_run
+from distill.validate import check_lm_config
 
 log = logging.getLogger(__name__)
 
 
-def build_lm(node: DictConfig, what: str, vocab_size: int, seed: int) -> nn.Module:
+def build_lm(node: DictConfig, what: str, vocab_size: int, seed: int, trained: bool = True) -> nn.Module:
+    """The model of `node`; one that will train (`trained`) keeps its trainable weights in float32."""
     torch.manual_seed(seed)
     model = build(node, what, vocab_size=vocab_size)
     if not isinstance(model, nn.Module):
         raise DistillError(f"{what}: _target_ {node.get('_target_')} did not give an nn.Module")
-    return model
+    return float32_trainable(model) if trained else model
+
+
+def check_pretrained_models(cfg: DictConfig) -> None:
+    """Every pretrained model the config names can be found: checked before any text is read."""
+    for group in ("lm_teacher", "lm_student"):
+        node = (cfg.get(group) or {}).get("model") or {}
+        if node.get("pretrained"):
+            check_pretrained_source(
+                str(node.pretrained), bool(node.get("local_files_only", True)), f"{group}.model.pretrained"
+            )
+
+
+def model_files(node: DictConfig) -> dict[str, str]:
+    """For a model loaded from a local folder, a fingerprint of the folder's files (for cache keys)."""
+    pretrained = node.get("pretrained")
+    if pretrained and Path(str(pretrained)).expanduser().is_dir():
+        return {"model_files": folder_fingerprint(Path(str(pretrained)).expanduser())}
+    return {}
 
 
 def lm_module(cfg: DictConfig, student: nn.Module, teachers: dict[str, nn.Module], fit: DictConfig, dm: Any,
@@ -54,7 +84,7 @@ def lm_module(cfg: DictConfig, student: nn.Module, teachers: dict[str, nn.Module
         on_policy_fraction=cfg.on_policy_fraction if teachers else 0.0,
         sequence_kd_fraction=cfg.sequence_kd_fraction if teachers else 0.0,
         prompt_len=gen.prompt_len, generation_temperature=gen.temperature, seed=cfg.seed, prefix=prefix,
-        pad_token_id=dm.pad_token_id, restore_best=fit.get("restore_best", False),
+        pad_token_id=dm.pad_token_id, eos_token_id=dm.eos_token_id, restore_best=fit.get("restore_best", False),
     )  # fmt: skip
 
 
@@ -118,7 +148,8 @@ def samples(model: nn.Module, dm: Any, cfg: DictConfig) -> list[dict[str, str]]:
     torch.manual_seed(cfg.seed)
     out = model.eval().generate(
         input_ids=ids, attention_mask=mask, max_new_tokens=new, do_sample=True, top_k=cfg.samples.top_k,
-        temperature=cfg.samples.temperature, pad_token_id=dm.pad_token_id, use_cache=True,
+        temperature=cfg.samples.temperature, pad_token_id=dm.pad_token_id, eos_token_id=dm.eos_token_id,
+        use_cache=True,
     )  # fmt: skip
     return [{"prompt": dm.decode(ids[i]), "continuation": dm.decode(out[i, ids.shape[1] :])} for i in range(len(ids))]
 
@@ -126,17 +157,33 @@ def samples(model: nn.Module, dm: Any, cfg: DictConfig) -> list[dict[str, str]]:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run the LM job; returns the report."""
     out = Path(cfg.paths.output_dir)
+    check_lm_config(cfg)  # every recipe, data and generation field, before any text is read
     prepare_run(cfg.seed, out / ".hydra")
 
     # 1. Data, models and terms; everything checkable is checked before training.
+    check_precision(cfg.trainer.get("precision"))
+    check_pretrained_models(cfg)
     dm = build(cfg.lm_data, "lm_data")
     dm.prepare_data()
     dm.setup("fit")
     log.info("Text: %s", dm.describe())
     tcfg = cfg.get("lm_teacher")
-    teachers = {tcfg.name: build_lm(tcfg.model, "teacher", dm.vocab_size, cfg.seed)} if tcfg else {}
+    teachers = (
+        {tcfg.name: build_lm(tcfg.model, "teacher", dm.vocab_size, cfg.seed, trained=bool(tcfg.get("fit")))}
+        if tcfg else {}
+    )  # fmt: skip
     student = build_lm(cfg.lm_student.model, "student", dm.vocab_size, cfg.seed)
+    # What trains in this run, counted before teachers are frozen: a teacher used as is trains nothing.
+    trained = {f"teacher:{n}": trained_parameters(t) if tcfg.get("fit") else 0 for n, t in teachers.items()}
+    trained["student"] = trained_parameters(student)
     check_vocabularies(student, teachers, dm.vocab_size)
+    lengths = {f"lm_data.seq_len={dm.seq_len}": dm.seq_len}
+    if cfg.samples.count:
+        prompt = min(cfg.samples.prompt_len or dm.seq_len, dm.seq_len)
+        new = cfg.samples.max_new_tokens
+        lengths[f"samples.prompt_len + samples.max_new_tokens = {prompt} + {new}"] = prompt + new
+    check_positions({"student": student, **({"teacher": next(iter(teachers.values()))} if teachers else {})}, lengths)
+    data_fingerprint = dm.fingerprint()
     terms = build_group(cfg, "lm_distill", "LM loss term", lambda t: hasattr(t, "weight"), "is not a LossTerm")
     stages = build_stages(cfg)
     dry = lm_module(cfg, copy.deepcopy(student), copy.deepcopy(teachers), cfg.lm_student.fit, dm, terms, cfg.lm_weight,
@@ -151,28 +198,31 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     for name, teacher in teachers.items():
         if tcfg.get("fit"):
 
-            def train_teacher(model: nn.Module, name: str = name) -> None:
-                train_lm(cfg, lm_module(cfg, model, {}, tcfg.fit, dm, {}, 1.0, f"teacher_{name}"), tcfg.fit, dm,
+            def train_teacher(model: nn.Module, name: str = name) -> Any:
+                return train_lm(cfg, lm_module(cfg, model, {}, tcfg.fit, dm, {}, 1.0, f"teacher_{name}"), tcfg.fit, dm,
                          loggers, f"teacher_{name}")  # fmt: skip
 
-            payload = fit_payload(cfg, "lm-teacher", tcfg.model, tcfg.fit, cfg.lm_data, vocab_size=dm.vocab_size)
+            payload = fit_payload(cfg, "lm-teacher", tcfg.model, tcfg.fit, cfg.lm_data, vocab_size=dm.vocab_size,
+                                  data_fingerprint=data_fingerprint, **model_files(tcfg.model))  # fmt: skip
             path, reused = cached_model(
                 Path(cfg.paths.cache_dir), f"lm-teacher-{name}", payload, teacher, train_teacher
             )
-            sources[f"teacher:{name}"] = f"cache {path.name}" if reused else f"trained, cached as {path.name}"
+            sources[f"teacher:{name}"] = source_of(path, reused)
         else:
             sources[f"teacher:{name}"] = f"pretrained {tcfg.model.get('pretrained')}"
 
     # 3. The student trained alone (language-modelling loss), same token budget: the baseline.
     baseline = build_lm(cfg.lm_student.model, "student", dm.vocab_size, cfg.seed)
+    trained["baseline"] = trained_parameters(baseline)
     fit = cfg.lm_student.fit
 
-    def train_baseline(model: nn.Module) -> None:
-        train_lm(cfg, lm_module(cfg, model, {}, fit, dm, {}, 1.0, "baseline"), fit, dm, loggers, "baseline")
+    def train_baseline(model: nn.Module) -> Any:
+        return train_lm(cfg, lm_module(cfg, model, {}, fit, dm, {}, 1.0, "baseline"), fit, dm, loggers, "baseline")
 
-    payload = fit_payload(cfg, "lm-baseline", cfg.lm_student.model, fit, cfg.lm_data, vocab_size=dm.vocab_size)
+    payload = fit_payload(cfg, "lm-baseline", cfg.lm_student.model, fit, cfg.lm_data, vocab_size=dm.vocab_size,
+                          data_fingerprint=data_fingerprint, **model_files(cfg.lm_student.model))  # fmt: skip
     path, reused = cached_model(Path(cfg.paths.cache_dir), "lm-baseline", payload, baseline, train_baseline)
-    sources["baseline"] = f"cache {path.name}" if reused else f"trained, cached as {path.name}"
+    sources["baseline"] = source_of(path, reused)
 
     # 4. Distillation.
     module = lm_module(cfg, student, teachers, fit, dm, terms, cfg.lm_weight, "student")
@@ -227,9 +277,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         else:
             net = model.model if isinstance(model, LogitsOnly) else model
             row["parameters"] = count_parameters(net)
-            row["trainable_parameters"] = (
-                sum(p.numel() for p in net.parameters() if p.requires_grad) if name == "student" else row["parameters"]
-            )
+            if name in trained:  # compressed copies train nothing here
+                row["trainable_parameters"] = trained[name]
             row["bytes"] = model_bytes(net)
         for batch in cfg.report.latency_batch_sizes:
             repeats = cfg.report.latency_repeats
@@ -269,4 +318,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                             data=[[n, s["prompt"], s["continuation"]] for n, got in extra["samples"].items() for s in got])  # fmt: skip
     teacher_name = next(iter(teachers), None)
     title = f"{cfg.task_name}: {'teacher:' + teacher_name if teacher_name else 'no teacher'} → student"
-    return publish_report(rows, out, loggers, title=title, failure=failure, extra=extra, summary=summary)
+    report = publish_report(rows, out, loggers, title=title, failure=failure, extra=extra, summary=summary)
+    mark_continued(cfg.get("resume_dir"), out)
+    return report

@@ -66,6 +66,12 @@ class ClassifierModule(L.LightningModule):
             self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
         optimizer.step()
 
+    def on_fit_start(self) -> None:
+        # A net built or loaded in eval mode (as from_pretrained gives them) would train with dropout
+        # off and BatchNorm statistics frozen, and Lightning leaves modes as they are: train mode for
+        # training (teachers stay in eval mode, see DistillationModule.train).
+        self.train()
+
     def on_train_epoch_start(self) -> None:
         # Shuffle by epoch number, not by how many epochs this process has run: a resumed run sees the same batches.
         loader = self.trainer.train_dataloader
