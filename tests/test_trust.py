@@ -220,3 +220,22 @@ def test_ckpt_path_last_continues_only_a_run_of_the_same_overrides(
     mark_continued(newer, me)
     with pytest.raises(DistillError, match="no interrupted run"):
         find_resume_dir("last", me, ours)
+
+
+def test_every_file_a_run_writes_is_readable_by_the_team(tmp_path: Path) -> None:
+    """Written with the umask's permissions (0644 under umask 022), not tempfile's 0600: a shared cache works."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        job = [a for a in tiny_job(tmp_path, "compress=[onnx,int8]") if not a.startswith("paths.output_dir")]
+        result = run_cli(job, tmp_path)
+    finally:
+        os.umask(old)
+    assert result.returncode == 0, result.stderr[-2000:]
+    files = [p for p in (tmp_path / "logs").rglob("*") if p.is_file()]
+    names = {p.name for p in files}
+    assert {"report.json", "report.md", "report.png", "student.ckpt", "last.ckpt", "model.onnx"} <= names, names
+    assert any(p.parent.name == "cache" and p.suffix == ".pt" for p in files)
+    private = [str(p.relative_to(tmp_path)) for p in files if p.stat().st_mode & 0o044 != 0o044]
+    assert not private, private

@@ -44,8 +44,11 @@ def write_error(path: Path | str, err: OSError) -> DistillError:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | Path, mode: str = "wb", encoding: str | None = None) -> Iterator[IO[Any]]:
-    """Open a temporary file beside `path` for writing; on success it is flushed, synced and renamed to `path`.
+def atomic_write(
+    path: str | Path, mode: str = "wb", encoding: str | None = None, sync: bool = True
+) -> Iterator[IO[Any]]:
+    """Open a temporary file beside `path` for writing; on success it is flushed, synced (unless `sync` is
+    false: the rename alone is atomic against a killed process, not against a power cut) and renamed to `path`.
 
     On any failure the temporary file is removed and `path` keeps its previous content; an `OSError`
     becomes a one-line `DistillError`.
@@ -64,7 +67,8 @@ def atomic_write(path: str | Path, mode: str = "wb", encoding: str | None = None
         with os.fdopen(fd, mode, encoding=encoding) as f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as err:
         _unlink(tmp)
@@ -74,7 +78,7 @@ def atomic_write(path: str | Path, mode: str = "wb", encoding: str | None = None
         raise
 
 
-def save_torch(obj: Any, path: str | Path) -> int:
+def save_torch(obj: Any, path: str | Path, sync: bool = True) -> int:
     """`torch.save(obj)` to `path`, atomically; returns the size in bytes.
 
     Serialised in memory first (as Lightning's own writer does): torch's zip writer reports a failed
@@ -86,7 +90,7 @@ def save_torch(obj: Any, path: str | Path) -> int:
 
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    with atomic_write(path, "wb") as f:
+    with atomic_write(path, "wb", sync=sync) as f:
         f.write(buffer.getbuffer())
     return buffer.getbuffer().nbytes
 

@@ -95,5 +95,5 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if storage_options is not None or "://" in str(path):  # remote storage: Lightning's own writer
             return super().save_checkpoint(checkpoint, path, storage_options)
-        save_torch(checkpoint, Path(path))
+        save_torch(checkpoint, Path(path), sync=False)  # rewritten every epoch: atomic, not synced each time
         return None

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from distill.atomic import remove_stale_temporaries, temporary_name
 from distill.compress.base import StageContext, StageResult
 from distill.errors import DistillError
 
@@ -45,9 +46,10 @@ def _first_line(err: BaseException) -> str:
 def _atomic_target(out_dir: Path, suffix: str) -> Path:
     """A fresh temporary file next to the final artifact, so that `os.replace` is atomic."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=out_dir, prefix=".tmp-", suffix=suffix)
-    os.close(fd)
-    return Path(name)
+    remove_stale_temporaries(out_dir)
+    path = temporary_name(out_dir / f"artifact{suffix}")
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the umask's permissions, as open() gives
+    return path
 
 
 def _is_legacy_exporter_notice(w: warnings.WarningMessage) -> bool:

@@ -47,7 +47,6 @@ import os
 import random
 import sys
 import sysconfig
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -58,6 +57,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from distill.atomic import remove_stale_temporaries, write_text
 from distill.data.batches import TensorBatches
 from distill.errors import DistillError
 from distill.fingerprint import digest_arrays, digest_text
@@ -670,15 +670,8 @@ class TextDataModule(L.LightningDataModule):
             backend = Tokenizer.from_file(str(path))
         else:
             backend = self._train_bpe(train)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tokenizer-", suffix=".json")
-            os.close(fd)
-            try:
-                backend.save(tmp)
-                os.replace(tmp, path)  # atomic: a concurrent run sees the whole file or none
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+            remove_stale_temporaries(path.parent)
+            write_text(path, backend.to_str())  # atomic: a concurrent run sees the whole file or none
         return PreTrainedTokenizerFast(
             tokenizer_object=backend, pad_token=PAD_TOKEN, eos_token=EOS_TOKEN, clean_up_tokenization_spaces=False
         )
