@@ -23,16 +23,9 @@ from hydra import compose, initialize_config_dir
 
 from distill.cli import CONFIG_DIR
 from distill.extras import QUIET
-from distill.pipeline import (
-    acquire_teachers,
-    build_data,
-    build_net,
-    build_stages,
-    compress,
-    distill,
-)
-from distill.report import measure_models
 from distill.runtime import flush_denormals, tune_cpu_allocator
+from distill.spine import Job, build_stages, compress, measure
+from distill.tasks import ClassificationTask
 
 CHAINS = [
     "prune",
@@ -77,11 +70,15 @@ def main() -> None:
             return compose("train", overrides=common + extra)
 
     cfg = config([])
-    dm = build_data(cfg)
-    teachers = {name: build_net(t.net, name, cfg.seed) for name, t in cfg.teacher.items()}
-    acquire_teachers(cfg, cfg.teacher, teachers, dm, loggers=[])
-    student = build_net(cfg.student.net, "student", cfg.seed)
-    distill(cfg, dm, student, teachers, [], stage="student")
+    task = ClassificationTask()
+    dm = task.build_data(cfg)
+    job = Job(cfg, task, dm)
+    teachers = {}
+    for name, spec in task.teachers(cfg).items():
+        teachers[name] = task.build_model(spec.model, f"teacher '{name}'", cfg.seed, dm, trains=True)
+        job.teacher(name, spec, teachers[name])
+    student = task.build_model(cfg.student.net, "student", cfg.seed, dm, trains=True)
+    job.distill(student, teachers, cfg.student.fit, "student")
     teacher_name = f"teacher:{next(iter(teachers))}"
 
     results = []
@@ -91,14 +88,15 @@ def main() -> None:
             [f"compress=[{chain}]", *(o for o in stage_overrides if o.split(".")[1] in chain.split(",")), *own]
         )
         stages = build_stages(chain_cfg)
-        compressed, _, failure = compress(chain_cfg, dm, student, teachers, stages, [], out / chain.replace(",", "+"))
+        chain_job = Job(chain_cfg, task, dm)
+        compressed, _, failure = compress(chain_job, student, teachers, chain_cfg.student.fit, stages,
+                                          out / chain.replace(",", "+"))  # fmt: skip
         final = list(compressed.values())[-1] if compressed else None
         models = {teacher_name: next(iter(teachers.values())), "student": student}
         if final is not None:
             models["final"] = final
-        rows = {
-            r["model"]: r for r in measure_models(models, dm, out / "models", cfg.report, teacher_names=[teacher_name])
-        }
+        roles = {teacher_name: "teacher", "student": "student", "final": "compressed"}
+        rows = {r["model"]: r for r in measure(task, models, roles, dm, cfg, out, teacher_names=[teacher_name])}
         t, s = rows[teacher_name], rows["student"]
         f = rows.get("final", s)
         results.append(

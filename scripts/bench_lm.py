@@ -53,22 +53,25 @@ def speed(overrides: list[str], rounds: int, steps: int, root: Path) -> dict[str
     from hydra import compose, initialize_config_dir
 
     from bench_overhead import EpochTimer  # the sibling script
+    from distill.assembly import build_terms
     from distill.cli import CONFIG_DIR
-    from distill.llm.pipeline import build_lm, lm_module
-    from distill.pipeline import build, build_group
+    from distill.tasks import CausalLMTask
+    from distill.tasks.causal_lm import build_lm
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("lm", overrides=[f"paths.root_dir={root}", "lm_distill=[forward_kl]", *overrides])
-    dm = build(cfg.lm_data, "lm_data")
-    dm.prepare_data()
-    dm.setup()
+    task = CausalLMTask()
+    dm = task.build_data(cfg)
     teacher = build_lm(cfg.lm_teacher.model, "teacher", dm.vocab_size, cfg.seed)
     fit = cfg.lm_student.fit
+
+    def student():
+        return build_lm(cfg.lm_student.model, "s", dm.vocab_size, 0)
+
     arms = {
-        "student alone": lm_module(cfg, build_lm(cfg.lm_student.model, "s", dm.vocab_size, 0), {}, fit, dm, {}, 1.0, "a"),
-        "distillation": lm_module(cfg, build_lm(cfg.lm_student.model, "s", dm.vocab_size, 0), {"t": teacher}, fit, dm,
-                                  build_group(cfg, "lm_distill", "term", lambda t: True, ""), cfg.lm_weight, "b"),
-    }  # fmt: skip
+        "student alone": task.module(cfg, student(), fit, dm, "a"),
+        "distillation": task.module(cfg, student(), fit, dm, "b", {"t": teacher}, build_terms(cfg, "lm_distill")),
+    }
     timers = {name: EpochTimer() for name in arms}
     tokens = fit.batch_size * steps * dm.tensors["train"]["input_ids"].shape[1]
     for _ in range(rounds):

@@ -25,16 +25,9 @@ from bench_overhead import EpochTimer  # the sibling script
 from distill.cli import CONFIG_DIR
 from distill.extras import QUIET
 from distill.measure import classification_metrics, predict
-from distill.pipeline import (
-    acquire_baseline,
-    acquire_teachers,
-    born_again,
-    build_data,
-    build_net,
-    distillation_module,
-    make_trainer,
-)
 from distill.runtime import flush_denormals, tune_cpu_allocator
+from distill.spine import Job, born_again
+from distill.tasks import ClassificationTask
 
 # name: (overrides, teachers the method uses)
 METHODS: dict[str, list[str]] = {
@@ -67,16 +60,15 @@ def accuracy(model: torch.nn.Module, dm) -> float:
 
 def run_method(cfg, dm, teachers: dict, baseline) -> tuple[float, list[float]]:
     """Distil a fresh student; returns its test accuracy and its epoch times."""
+    task = ClassificationTask()
+    job = Job(cfg, task, dm)
     if cfg.born_again.generations:
-        timer = EpochTimer()
-        _, student, _ = born_again(cfg, dm, baseline, loggers=[])
-        return accuracy(student, dm), timer.times  # epoch times of born-again are not compared
-    student = build_net(cfg.student.net, "student", cfg.seed)
-    module = distillation_module(cfg, student, teachers, dm)
-    trainer = make_trainer(cfg, "student", cfg.student.fit.epochs, loggers=[])
+        _, student, _, _ = born_again(job, task.student(cfg), baseline)
+        return accuracy(student, dm), []  # epoch times of born-again are not compared
+    student = task.build_model(cfg.student.net, "student", cfg.seed, dm, trains=True)
     timer = EpochTimer()
-    trainer.callbacks.append(timer)
-    trainer.fit(module, dm.distill_dataloader(cfg.student.fit.get("batch_size")), dm.val_dataloader())
+    job.callbacks.append(timer)
+    job.distill(student, teachers, cfg.student.fit, "student")
     return accuracy(student, dm), timer.times[1:]
 
 
@@ -104,16 +96,22 @@ def main() -> None:
         common += ["data.num_transfer=10000", "student.fit.epochs=30", "student.fit.batch_size=1024"]
 
     base = config(common)
-    dm = build_data(base)
-    teacher_cfgs = config(common + ["teacher=[cnn,cnn_small]"]).teacher
-    teachers = {name: build_net(t.net, name, base.seed) for name, t in teacher_cfgs.items()}
-    acquire_teachers(base, teacher_cfgs, teachers, dm, loggers=[])  # trained once, cached like in distill-train
+    task = ClassificationTask()
+    dm = task.build_data(base)
+    two = config(common + ["teacher=[cnn,cnn_small]"])
+    job = Job(two, task, dm)
+    teachers = {}
+    for name, spec in task.teachers(two).items():  # trained once, cached like in distill-train
+        teachers[name] = task.build_model(spec.model, f"teacher '{name}'", two.seed, dm, trains=True)
+        job.teacher(name, spec, teachers[name])
     teacher_acc = accuracy(teachers["cnn"], dm)
 
     results: dict[str, dict] = {}
     baselines = {}
     for seed in seeds:
-        baselines[seed], _ = acquire_baseline(config(common + [f"seed={seed}"]), dm, loggers=[])
+        seeded = config(common + [f"seed={seed}"])
+        baselines[seed] = task.build_model(seeded.student.net, "student", seed, dm, trains=True)
+        Job(seeded, task, dm).baseline(task.student(seeded), baselines[seed])
     results["student from scratch"] = {"acc": [accuracy(baselines[s], dm) for s in seeds], "epoch_s": []}
 
     for name in args.methods:

@@ -22,11 +22,12 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from lightning.pytorch.callbacks import Callback
 
+from distill.assembly import build, build_net, build_terms, make_trainer
 from distill.cli import CONFIG_DIR
 from distill.data.base import UNLABELLED
 from distill.extras import QUIET
-from distill.pipeline import build, build_data, build_net, distillation_module, make_trainer
 from distill.runtime import flush_denormals, tune_cpu_allocator
+from distill.tasks import ClassificationTask
 
 
 class EpochTimer(Callback):
@@ -52,8 +53,8 @@ class EpochTimer(Callback):
 
 
 def lightning_epochs(cfg, dm, teachers, epochs: int) -> list[float]:
-    student = build_net(cfg.student.net, "student", cfg.seed)
-    module = distillation_module(cfg, student, teachers, dm)
+    student = build_net(cfg.student.net, "student", cfg.seed, dm)
+    module = ClassificationTask().module(cfg, student, cfg.student.fit, dm, "student", teachers, build_terms(cfg))
     trainer = make_trainer(cfg, "student", epochs, loggers=[build(n, "logger") for n in cfg.logger.values()])
     timer = EpochTimer()
     trainer.callbacks.append(timer)
@@ -62,7 +63,7 @@ def lightning_epochs(cfg, dm, teachers, epochs: int) -> list[float]:
 
 
 def hand_epochs(cfg, dm, teachers, epochs: int) -> list[float]:
-    student = build_net(cfg.student.net, "student", cfg.seed)
+    student = build_net(cfg.student.net, "student", cfg.seed, dm)
     optimizer = build(cfg.student.fit.optimizer, "optimizer")(params=student.parameters())
     scheduler = build(cfg.student.fit.scheduler, "scheduler")(optimizer=optimizer)
     loader = dm.distill_dataloader(cfg.student.fit.get("batch_size"))
@@ -112,8 +113,8 @@ def main() -> None:
         cfg = compose("train", overrides=overrides, return_hydra_config=False)
     tune_cpu_allocator()
     flush_denormals()  # as distill-train does; applies to both sides alike
-    dm = build_data(cfg)
-    teachers = {n: build_net(t.net, n, cfg.seed) for n, t in cfg.teacher.items()}
+    dm = ClassificationTask().build_data(cfg)
+    teachers = {n: build_net(t.net, n, cfg.seed, dm) for n, t in cfg.teacher.items()}
     light, hand = [], []
     for r in range(args.rounds):
         sides = [(light, lightning_epochs), (hand, hand_epochs)]

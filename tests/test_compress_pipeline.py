@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from tests.conftest import compose_config, tiny_job
 
-from distill.pipeline import run
+from distill.spine import run
 
 
 @pytest.fixture(scope="module")

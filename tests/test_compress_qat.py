@@ -135,7 +135,7 @@ def test_qat_applies_to_the_linear_layers_of_a_convnet(tmp_path: Path) -> None:
 
 
 def test_qat_in_the_main_job(tmp_path: Path) -> None:
-    from distill.pipeline import run
+    from distill.spine import run
 
     overrides = tiny_job(tmp_path, "student=mlp", "compress=[qat]", "compress.qat.epochs=2")
     rows = {r["model"]: r for r in run(compose_config(overrides))["models"]}

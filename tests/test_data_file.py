@@ -72,7 +72,7 @@ def test_wine_teacher_learns_and_the_report_names_the_classes(wine_run) -> None:
 
 
 def test_raw_wine_without_standardisation_is_clearly_worse(wine_run) -> None:
-    from distill.pipeline import run
+    from distill.spine import run
 
     tmp, csv = wine_run
     raw = tmp / "raw"
@@ -122,7 +122,7 @@ def test_onnx_artifact_on_data_of_another_shape_is_refused(wine_run) -> None:
 
 
 def test_feature_taps_keep_their_paths_on_standardised_data(wine_run) -> None:
-    from distill.pipeline import run
+    from distill.spine import run
 
     tmp, csv = wine_run
     overrides = tiny_job(
@@ -407,7 +407,8 @@ def test_image_folder_fingerprint_follows_the_files(tmp_path: Path) -> None:
     pytest.importorskip("torchvision")
     import os
 
-    from distill.data.formats import write_image_folder
+    from tests.formats import write_image_folder
+
     from distill.data.vision import ImageFolderDataModule
 
     images = np.random.default_rng(0).integers(0, 256, (4, 3, 8, 8), dtype=np.uint8)

@@ -10,7 +10,9 @@ import torch
 
 pytest.importorskip("torchvision")
 
-from distill.data.formats import cifar_like, write_cifar, write_image_folder, write_mnist  # noqa: E402
+from tests.formats import write_image_folder, write_mnist  # noqa: E402
+
+from distill.data.formats import cifar_like, write_cifar  # noqa: E402
 from distill.data.vision import ImageBatches, ImageFolderDataModule, TorchvisionDataModule, augment_batch  # noqa: E402
 from distill.errors import DistillError  # noqa: E402
 

@@ -102,7 +102,7 @@ def test_stdlib_files_are_chosen_in_hash_order_and_cut(tmp_path: Path, monkeypat
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(f"# {name}\n" + sentences(i, 1000), encoding="utf-8")
     (root / "pkg/latin1.py").write_bytes("# caf\xe9\n".encode("latin-1"))  # not UTF-8: skipped
-    monkeypatch.setattr("distill.llm.data.sysconfig.get_paths", lambda: {"stdlib": str(root)})
+    monkeypatch.setattr("distill.llm.data.sources.sysconfig.get_paths", lambda: {"stdlib": str(root)})
     dm = TextDataModule(vocab_size=300, seq_len=16, val_fraction=0.3, test_fraction=0.3, cache_dir=str(tmp_path / "c"))
     dm.setup()
     docs = {d.name: d for split in dm.documents.values() for d in split}

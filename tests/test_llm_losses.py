@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -14,8 +15,13 @@ from torch import Tensor
 from distill.errors import DistillError
 from distill.llm.losses import (
     IGNORE_INDEX,
+    ForwardKL,
+    GeneralizedJSD,
     LMLoss,
-    TokenKLLoss,
+    ReverseKL,
+    SkewForwardKL,
+    SkewReverseKL,
+    TotalVariation,
     forward_kl,
     generalized_jsd,
     lm_loss,
@@ -309,7 +315,7 @@ def test_bad_beta_is_a_distill_error(beta: object) -> None:
     with pytest.raises(DistillError, match=re.escape("beta must be a number in [0, 1]")):
         generalized_jsd(s, t, y, beta)
     with pytest.raises(DistillError, match="beta"):
-        TokenKLLoss(kind="jsd", beta=beta)
+        GeneralizedJSD(beta=beta)
 
 
 @pytest.mark.parametrize("alpha", [1.0, -0.1, 1.5, math.nan])
@@ -318,8 +324,9 @@ def test_bad_alpha_is_a_distill_error(alpha: float) -> None:
     for loss in (skew_forward_kl, skew_reverse_kl):
         with pytest.raises(DistillError, match=re.escape("alpha must be a number in [0, 1)")):
             loss(s, t, y, alpha)
-    with pytest.raises(DistillError, match="alpha"):
-        TokenKLLoss(kind="skew_forward", alpha=alpha)
+    for term in (SkewForwardKL, SkewReverseKL):
+        with pytest.raises(DistillError, match="alpha"):
+            term(alpha=alpha)
 
 
 # -- the loss terms and the LM loss -------------------------------------------------------------
@@ -339,33 +346,32 @@ def make_view(student_logits: Tensor, teacher_logits: Tensor | None, targets: Te
 
 
 @pytest.mark.parametrize(
-    ("kind", "expected"),
+    ("term", "expected"),
     [
-        ("forward", lambda s, t, y: forward_kl(s, t, y, 2.0)),
-        ("reverse", lambda s, t, y: reverse_kl(s, t, y, 2.0)),
-        ("jsd", lambda s, t, y: generalized_jsd(s, t, y, 0.3, 2.0)),
-        ("skew_forward", lambda s, t, y: skew_forward_kl(s, t, y, 0.2, 2.0)),
-        ("skew_reverse", lambda s, t, y: skew_reverse_kl(s, t, y, 0.2, 2.0)),
-        ("tv", lambda s, t, y: total_variation(s, t, y, 2.0)),
+        (lambda: ForwardKL(0.5, 2.0), lambda s, t, y: forward_kl(s, t, y, 2.0)),
+        (lambda: ReverseKL(0.5, 2.0), lambda s, t, y: reverse_kl(s, t, y, 2.0)),
+        (lambda: GeneralizedJSD(0.5, 2.0, beta=0.3), lambda s, t, y: generalized_jsd(s, t, y, 0.3, 2.0)),
+        (lambda: SkewForwardKL(0.5, 2.0, alpha=0.2), lambda s, t, y: skew_forward_kl(s, t, y, 0.2, 2.0)),
+        (lambda: SkewReverseKL(0.5, 2.0, alpha=0.2), lambda s, t, y: skew_reverse_kl(s, t, y, 0.2, 2.0)),
+        (lambda: TotalVariation(0.5, 2.0), lambda s, t, y: total_variation(s, t, y, 2.0)),
     ],
+    ids=["forward", "reverse", "jsd", "skew_forward", "skew_reverse", "tv"],
 )
-def test_token_kl_term_reads_the_view(kind: str, expected: Callable[..., Tensor]) -> None:
+def test_each_divergence_term_reads_the_view(term: Callable[[], Any], expected: Callable[..., Tensor]) -> None:
     s, t, y = tensors()
-    term = TokenKLLoss(weight=0.5, kind=kind, temperature=2.0, beta=0.3, alpha=0.2)
-    assert term.needs_teacher and term.weight == 0.5
-    assert torch.equal(term(make_view(s, t, y)), expected(s, t, y))
+    built = term()
+    assert built.needs_teacher and built.weight == 0.5
+    assert torch.equal(built(make_view(s, t, y)), expected(s, t, y))
 
 
-def test_token_kl_term_rejects_bad_settings() -> None:
-    with pytest.raises(DistillError, match="kind must be one of forward, reverse, jsd"):
-        TokenKLLoss(kind="kl")
+def test_divergence_terms_reject_bad_settings() -> None:
     with pytest.raises(DistillError, match="temperature"):
-        TokenKLLoss(temperature=0)
+        ForwardKL(temperature=0)
     with pytest.raises(DistillError, match="weight"):
-        TokenKLLoss(weight=-1)
+        ReverseKL(weight=-1)
     s, _, y = tensors()
-    with pytest.raises(DistillError, match="needs a teacher"):
-        TokenKLLoss()(make_view(s, None, y))
+    with pytest.raises(DistillError, match="ForwardKL needs a teacher"):
+        ForwardKL()(make_view(s, None, y))
 
 
 def test_lm_loss_is_the_cross_entropy_over_valid_tokens() -> None:

@@ -53,7 +53,7 @@ def tiny_lm_job(tmp: Path, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def lm_report(tmp_path_factory) -> tuple[Path, dict]:
-    from distill.llm.pipeline import run
+    from distill.spine import run
 
     tmp = tmp_path_factory.mktemp("lm")
     overrides = tiny_lm_job(
@@ -134,7 +134,7 @@ def test_hidden_state_loss_projects_and_masks() -> None:
     s = {"hidden.1": torch.randn(2, 5, 8)}
     t = {"t": {"hidden.2": torch.randn(2, 5, 12)}}
     mask = torch.ones(2, 5)
-    view = StepView(torch.zeros(2, 4, 3), torch.zeros(2, 4, 3), {}, s, t, torch.zeros(2, 4), mask, 0)
+    view = StepView(torch.zeros(2, 4, 3), torch.zeros(2, 4, 3), {}, s, t, torch.zeros(2, 4), None, 0, attention_mask=mask)
     term.build(view)
     assert isinstance(term.projections[0], torch.nn.Linear) and term.projections[0].weight.shape == (12, 8)
     value = term(view)
@@ -145,7 +145,9 @@ def test_hidden_state_loss_projects_and_masks() -> None:
     mask2[:, -1] = 0
     t2 = {"t": {"hidden.2": t["t"]["hidden.2"].clone()}}
     t2["t"]["hidden.2"][:, -1] += 100.0
-    view2 = StepView(torch.zeros(2, 4, 3), torch.zeros(2, 4, 3), {}, s, t2, torch.zeros(2, 4), mask2, 0)
+    view2 = StepView(
+        torch.zeros(2, 4, 3), torch.zeros(2, 4, 3), {}, s, t2, torch.zeros(2, 4), None, 0, attention_mask=mask2
+    )
     expected = (projected[:, :-1] - t["t"]["hidden.2"][:, :-1]).pow(2).mean().item()
     assert term(view2).item() == pytest.approx(expected, rel=1e-5)
     with pytest.raises(DistillError, match="layer_map"):
@@ -190,33 +192,35 @@ def test_restore_best_puts_back_the_lowest_validation_perplexity_epoch() -> None
             self.weights.append({n: p.detach().clone() for n, p in module.student.named_parameters()})
             self.ppl.append(float(trainer.callback_metrics["student/val/ppl"]))
 
+    from distill.callbacks import BestWeights, kept_epoch
+
     results = {}
     for restore in (True, False):
         torch.manual_seed(0)
         student = causal_lm(40, hidden_size=16, num_hidden_layers=1, intermediate_size=32, **TINY)
-        module = LMDistillationModule(student, {}, {}, optimizer=lambda p: torch.optim.Adam(p, lr=0.02),
-                                      restore_best=restore)  # fmt: skip
+        module = LMDistillationModule(student, {}, {}, optimizer=lambda p: torch.optim.Adam(p, lr=0.02))
         snaps = Snapshots()
+        keep = [BestWeights("student/val/ppl", "min", "student")] if restore else []
         trainer = L.Trainer(accelerator="cpu", max_epochs=6, logger=False, enable_checkpointing=False,
-                            enable_progress_bar=False, enable_model_summary=False, callbacks=[snaps])  # fmt: skip
+                            enable_progress_bar=False, enable_model_summary=False, callbacks=[snaps, *keep])  # fmt: skip
         trainer.fit(module, SequenceBatches(split(train_ids), 4, shuffle=True), SequenceBatches(split(val_ids), 8))
-        results[restore] = (module, snaps)
-    module, snaps = results[True]
+        results[restore] = (module, snaps, trainer)
+    module, snaps, trainer = results[True]
     best = min(range(len(snaps.ppl)), key=snaps.ppl.__getitem__)
     assert best < len(snaps.ppl) - 1 and snaps.ppl[-1] > snaps.ppl[best]  # the test needs a worse last epoch
-    assert module.best["epoch"] == best and module.best["val_ppl"] == pytest.approx(snaps.ppl[best], rel=1e-5)
+    (keeper,) = [c for c in trainer.callbacks if isinstance(c, BestWeights)]
+    assert keeper.best_epoch == best == kept_epoch(trainer)
+    assert keeper.best["value"] == pytest.approx(snaps.ppl[best], rel=1e-5)
     for name, value in module.student.named_parameters():
         assert torch.equal(value, snaps.weights[best][name]), name
     # Without it, the last epoch's weights stay; with it, the best weights travel in checkpoints.
-    module_last, snaps_last = results[False]
-    assert snaps_last.ppl == pytest.approx(snaps.ppl)
+    module_last, snaps_last, trainer_last = results[False]
+    assert snaps_last.ppl == pytest.approx(snaps.ppl) and kept_epoch(trainer_last) == 5
     assert all(torch.equal(p, snaps_last.weights[-1][n]) for n, p in module_last.student.named_parameters())
-    checkpoint: dict = {}
-    module.on_save_checkpoint(checkpoint)
-    fresh = LMDistillationModule(causal_lm(40, hidden_size=16, num_hidden_layers=1, intermediate_size=32, **TINY), {},
-                                 {}, optimizer=lambda p: None, restore_best=True)  # fmt: skip
-    fresh.on_load_checkpoint(checkpoint)
-    assert fresh.best["epoch"] == best and set(fresh.best["weights"]) == set(snaps.weights[best])
+    checkpoint = trainer._checkpoint_connector.dump_checkpoint()
+    fresh = BestWeights("student/val/ppl", "min")
+    fresh.load_state_dict(checkpoint["callbacks"][keeper.state_key])
+    assert fresh.best_epoch == best and set(fresh.best["weights"]) == set(snaps.weights[best])
 
 
 def test_token_stats_and_teacher_choice_by_hand() -> None:
@@ -241,8 +245,8 @@ def test_token_stats_and_teacher_choice_by_hand() -> None:
 
 
 def test_lm_cache_keys_follow_the_recipe_and_trainer_not_file_locations(tmp_path: Path) -> None:
+    from distill.assembly import fit_payload
     from distill.model_cache import cache_key
-    from distill.pipeline import fit_payload
 
     def key(*overrides: str) -> str:
         cfg = compose_config([f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path}/run", *overrides], name="lm")

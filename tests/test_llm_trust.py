@@ -152,7 +152,7 @@ def test_plain_text_rows_take_their_first_prompt_len_real_tokens(tmp_path: Path)
 
 
 def test_pretrained_student_keeps_float32_weights_and_learns_under_bf16_mixed(tmp_path: Path) -> None:
-    from distill.llm.pipeline import build_lm
+    from distill.tasks.causal_lm import build_lm
 
     folder = saved_llama(tmp_path / "bf16", 64, torch.bfloat16)
     node = OmegaConf.create({"_target_": "distill.llm.models.causal_lm", "pretrained": str(folder),
@@ -194,7 +194,7 @@ def test_sixteen_bit_weights_are_refused(tmp_path: Path, precision: str) -> None
 
 
 def test_the_pipeline_refuses_bf16_true_before_reading_data(tmp_path: Path) -> None:
-    from distill.llm.pipeline import run
+    from distill.spine import run
 
     cfg = compose_config([f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path}/run", "lm_data=text",
                           f"lm_data.paths=[{tmp_path}/missing.txt]", "trainer.precision=bf16-true"], name="lm")  # fmt: skip
@@ -221,9 +221,9 @@ def test_pretrained_models_train_in_train_mode_and_teachers_stay_in_eval(tmp_pat
 
     ids = torch.randint(0, 40, (8, 10), generator=torch.Generator().manual_seed(0))
     split = {"input_ids": ids, "labels": ids.clone(), "attention_mask": torch.ones_like(ids)}
-    from distill.llm.losses import TokenKLLoss
+    from distill.llm.losses import ForwardKL
 
-    module = Spy(student, {"t": teacher}, {"kl": TokenKLLoss(kind="forward")},
+    module = Spy(student, {"t": teacher}, {"kl": ForwardKL()},
                  optimizer=lambda p: torch.optim.SGD(p, lr=0.01))  # fmt: skip
     trainer(max_epochs=2, num_sanity_val_steps=2).fit(module, SequenceBatches(split, 4), SequenceBatches(split, 4))
     assert seen == [(True, True, False)] * 4  # after every validation too
@@ -305,7 +305,7 @@ def write_corpus(tmp: Path, seed: int = 0) -> None:
 
 
 def test_the_pipeline_checks_lengths_against_teacher_and_student(tmp_path: Path) -> None:
-    from distill.llm.pipeline import run
+    from distill.spine import run
 
     write_corpus(tmp_path)
     cases = [
@@ -327,7 +327,7 @@ def test_the_pipeline_checks_lengths_against_teacher_and_student(tmp_path: Path)
 
 
 def test_report_counts_what_trained_in_this_run(tmp_path: Path) -> None:
-    from distill.llm.pipeline import run
+    from distill.spine import run
 
     write_corpus(tmp_path)
     probe = compose_config(text_job(tmp_path), name="lm")
@@ -367,7 +367,7 @@ def test_report_counts_what_trained_in_this_run(tmp_path: Path) -> None:
 def test_missing_pretrained_folders_are_refused_before_the_data(
     tmp_path: Path, value: str, local: bool, message: str
 ) -> None:
-    from distill.llm.pipeline import run
+    from distill.spine import run
 
     value, message = value.format(tmp=tmp_path), message.format(tmp=tmp_path)
     cfg = compose_config([f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path}/run", "lm_data=text",
@@ -431,7 +431,7 @@ def test_extra_options_reach_a_pretrained_model_or_are_refused(tmp_path: Path) -
 
 
 def test_other_text_under_the_same_path_gives_another_tokenizer_and_teacher(tmp_path: Path) -> None:
-    from distill.llm.pipeline import run
+    from distill.spine import run
 
     def job() -> dict:
         return run(compose_config(text_job(tmp_path, "compress=[]"), name="lm"))

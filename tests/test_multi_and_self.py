@@ -13,12 +13,20 @@ from tests.conftest import compose_config, tiny_job
 from distill.errors import DistillError
 from distill.losses import HardLabelLoss, KDLoss
 from distill.losses.base import StepView
-from distill.losses.multi_teacher import check_strategy, confidence_weights, entropy_weights, mixture_logits
+from distill.losses.multi_teacher import (
+    ConfidenceWeighted,
+    EntropyWeighted,
+    MeanLogits,
+    MeanLosses,
+    confidence_weights,
+    entropy_weights,
+    mixture_logits,
+)
 from distill.losses.response import kd_loss
 from distill.losses.self_distill import AuxiliaryHeadsLoss
 from distill.modules import DistillationModule
 from distill.nets import MLP
-from distill.pipeline import run
+from distill.spine import run
 
 A = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]])
 B = torch.tensor([[0.0, 1.0, 0.0], [3.0, -1.0, 0.0]])
@@ -64,9 +72,25 @@ def test_mixture_logits_are_the_weighted_mixture_of_distributions() -> None:
     assert torch.allclose(mix[1], A[1].softmax(-1), atol=1e-6)
 
 
-def test_unknown_strategy_is_refused() -> None:
-    with pytest.raises(DistillError, match="unknown multi-teacher strategy 'max'.*mean_logits, mean_losses"):
-        check_strategy("max")
+def test_a_strategy_that_is_not_a_combination_is_refused() -> None:
+    with pytest.raises(DistillError, match="multi_teacher must be a distill.losses.multi_teacher.TeacherCombination"):
+        module_with("max", {"a": MLP((4,), 3, hidden=(8,))}, {"kd": KDLoss(1.0)})
+
+
+def test_every_strategy_config_builds_its_combination() -> None:
+    from tests.conftest import compose_config
+
+    from distill.assembly import build
+
+    kinds = {"mean_logits": MeanLogits, "mean_losses": MeanLosses, "entropy_weighted": EntropyWeighted,
+             "ca_mkd": ConfidenceWeighted}  # fmt: skip
+    for name, kind in kinds.items():
+        assert type(build(compose_config([f"multi_teacher={name}"]).multi_teacher, "multi_teacher")) is kind
+    assert MeanLosses.per_teacher_losses and not MeanLogits.per_teacher_losses
+
+
+STRATEGIES = {"mean_logits": MeanLogits, "mean_losses": MeanLosses, "entropy_weighted": EntropyWeighted,
+              "ca_mkd": ConfidenceWeighted}  # fmt: skip
 
 
 def module_with(strategy: str, teachers: dict, terms: dict) -> DistillationModule:
@@ -77,7 +101,7 @@ def module_with(strategy: str, teachers: dict, terms: dict) -> DistillationModul
         functools.partial(torch.optim.SGD, lr=0.1),
         num_classes=3,
         example_input=torch.randn(2, 4),
-        multi_teacher=strategy,
+        multi_teacher=STRATEGIES[strategy]() if strategy in STRATEGIES else strategy,
     )
 
 

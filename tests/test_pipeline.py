@@ -11,7 +11,7 @@ import torch
 from tests.conftest import compose_config, run_cli, tiny_job
 
 from distill.checkpoints import read_checkpoint
-from distill.pipeline import run
+from distill.spine import run
 
 REPORT_FIELDS = {
     "model", "accuracy", "agreement", "calibration_error", "parameters", "bytes",

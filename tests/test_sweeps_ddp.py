@@ -80,7 +80,7 @@ def test_wandb_groups_the_jobs_of_a_sweep(sweep: Path) -> None:
 def test_the_wandb_logger_gets_the_sweep_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from tests.conftest import compose_config
 
-    from distill import pipeline
+    from distill import assembly as pipeline
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setattr(pipeline, "sweep_name", lambda: "2026-01-01_00-00-00")

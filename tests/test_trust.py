@@ -15,9 +15,9 @@ import torch
 import yaml
 from tests.conftest import cli_env, compose_config, run_cli, tiny_job
 
+from distill.assembly import TRAINER_KEYS_NOT_IN_CACHE_KEY, fit_payload
 from distill.errors import DistillError
 from distill.model_cache import cache_key
-from distill.pipeline import TRAINER_KEYS_NOT_IN_CACHE_KEY, fit_payload
 from distill.resume import CONTINUED_MARK, find_resume_dir, mark_continued
 
 
@@ -74,10 +74,10 @@ def test_the_content_replaces_the_path_in_the_key(tmp_path: Path) -> None:
     shutil.copy(a, b)
 
     def key(path: Path) -> str:
-        from distill.pipeline import build_data
+        from distill.tasks import ClassificationTask
 
         cfg = compose_config(tiny_job(tmp_path, "data=file", f"data.path={path}"))
-        dm = build_data(cfg)
+        dm = ClassificationTask().build_data(cfg)
         return cache_key(fit_payload(cfg, "teacher", cfg.student.net, cfg.student.fit, dm=dm))
 
     first = key(a)

@@ -11,7 +11,7 @@ pytest.importorskip("torchvision")
 
 from tests.conftest import compose_config  # noqa: E402
 
-from distill.pipeline import run  # noqa: E402
+from distill.spine import run  # noqa: E402
 
 
 def vision_job(tmp: Path, *extra: str) -> list[str]:
@@ -75,10 +75,11 @@ def test_a_short_recipe_learns_the_cifar_like_task(tmp_path: Path) -> None:
 
 
 def test_channels_last_inputs_and_weights(tmp_path: Path) -> None:
-    from distill.pipeline import build_data, build_net
+    from distill.assembly import build_net
+    from distill.tasks import ClassificationTask
 
     cfg = compose_config(vision_job(tmp_path))
-    dm = build_data(cfg)
+    dm = ClassificationTask().build_data(cfg)
     batch = next(iter(dm.train_dataloader()))
     assert batch["x"].is_contiguous(memory_format=torch.channels_last)
     net = build_net(cfg.student.net, "student", 0).to(memory_format=torch.channels_last)

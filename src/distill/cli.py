@@ -18,6 +18,67 @@ _HERE = Path(__file__).resolve().parent
 CONFIG_DIR = str(
     _HERE.parents[1] / "configs" if (_HERE.parents[1] / "configs" / "train.yaml").is_file() else _HERE / "configs"
 )
+# Your project's config folder, relative to the directory a command starts in: laid out like CONFIG_DIR
+# (data/, teacher/, student/, distill/, compress/ ...), its files are options of the same groups.
+PROJECT_CONFIG_DIR = "configs"
+
+
+def extra_config_dirs(cwd: str | None = None) -> list[tuple[str, str]]:
+    """(provider, path) of the folders Hydra searches after CONFIG_DIR (hydra_plugins.distill_searchpath).
+
+    `./configs` of `cwd` (the working directory) unless it is CONFIG_DIR itself (a source checkout
+    started from its top), then `configs/local/` of CONFIG_DIR; each only when it exists.
+    """
+    main = os.path.realpath(CONFIG_DIR)
+    project = os.path.realpath(os.path.join(cwd or os.getcwd(), PROJECT_CONFIG_DIR))
+    local = os.path.join(main, "local")
+    found = [("distill-project", project)] if os.path.isdir(project) and project != main else []
+    found += [("distill-local", local)] if os.path.isdir(local) else []
+    return [(provider, f"file://{path}") for provider, path in found]
+
+
+def is_distill_search_path(search_path: Any) -> bool:
+    """Whether a Hydra search path has distill's configs as its primary ones (and not another application's)."""
+    main = os.path.realpath(CONFIG_DIR)
+    for entry in search_path.get_path():
+        path = entry.path or ""
+        if path.startswith("file://"):
+            path = path[len("file://") :]
+        if path == "pkg://distill.configs" or ("://" not in path and os.path.realpath(path) == main):
+            return True
+    return False
+
+
+def make_cwd_importable() -> None:
+    """Put the working directory first on `sys.path`, as `python -m` does.
+
+    A `_target_` may then name a module of the folder the command starts in (`my_project.nets.ResMLP`
+    for ./my_project/nets.py) without setting PYTHONPATH.
+    """
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+
+
+def import_hint(target: str) -> str:
+    """A hint for a `_target_` whose module cannot be imported; "" when its top-level package is importable.
+
+    The commands import modules of the folder they start in (`make_cwd_importable`): the usual
+    cause is a command started elsewhere than the folder that holds the user's package.
+    """
+    import importlib.util
+
+    module = target.rpartition(".")[0] or target
+    top = module.split(".")[0]
+    try:
+        if importlib.util.find_spec(top) is not None:
+            return ""
+    except (ImportError, ValueError):
+        pass
+    return (
+        f"no module '{top}' here: the command imports modules from the folder it starts in ({os.getcwd()}); "
+        f"start it in the folder that holds {top}/ or {top}.py, or add that folder to PYTHONPATH"
+    )
 
 
 def job_id() -> str:
@@ -32,30 +93,186 @@ def register_resolvers() -> None:
     from omegaconf import OmegaConf
 
     OmegaConf.register_new_resolver("job_id", job_id, use_cache=True, replace=True)
+    OmegaConf.register_new_resolver("distill_help_groups", lambda: help_groups(), replace=True)  # defined below
 
 
 register_resolvers()  # at import: a SLURM job imports this module before Hydra resolves its run folder
 
 
-def check_group_choices(argv: list[str], config_dir: str = CONFIG_DIR) -> str | None:
-    """A one-line complaint about the first `group=option` naming no file of a config group, or None.
+# Hydra's command-line flags that take a value (`--info` takes one of its choices, or none).
+_VALUE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--cfg", "-c", "--package", "-p"}
+_VALUE_FLAGS |= {"--experimental-rerun"}
+_INFO_FLAGS, _INFO_CHOICES = {"--info", "-i"}, {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
 
-    Hydra reports the same, but over a dozen lines with its search path; this also covers
-    multi-select (`teacher=[a,b]`) and sweep (`student=a,b`) values.
+
+def split_hydra_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Hydra's flags with a value ({"-cd": "conf"}, long names shortened as `-cd`, `-cn`, `-cp`) and the overrides."""
+    short = {"--config-path": "-cp", "--config-name": "-cn", "--config-dir": "-cd", "--cfg": "-c", "--package": "-p"}
+    flags: dict[str, str] = {}
+    overrides: list[str] = []
+    after_info = False
+    args = iter(argv)
+    for arg in args:
+        name, sep, value = arg.partition("=")
+        if arg.startswith("-") and name in _VALUE_FLAGS:
+            flags[short.get(name, name)] = value if sep else next(args, "")
+        elif not arg.startswith("-") and not (after_info and arg in _INFO_CHOICES):
+            overrides.append(arg)
+        after_info = arg in _INFO_FLAGS
+    return flags, overrides
+
+
+def config_repository(argv: list[str], config_dir: str = CONFIG_DIR, config_name: str | None = None) -> Any:
+    """The config repository Hydra composes from for `argv`, or a one-line complaint (str).
+
+    Hydra's own search path: `config_dir`, the SearchPathPlugins' folders (./configs, configs/local),
+    `--config-dir`, and `hydra.searchpath` from the command line or the primary config (`-cn`, else
+    `config_name`). None when `--config-path` replaces the primary folder: Hydra checks that itself.
     """
-    root = Path(config_dir)
-    for arg in argv:
-        if "=" not in arg or arg.startswith("-"):
+    import warnings
+
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.config_search_path import SearchPathQuery
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    flags, overrides = split_hydra_args(argv)
+    if "-cp" in flags:
+        return None
+    search_path = create_config_search_path(f"file://{config_dir}")
+    if "-cd" in flags:
+        extra = os.path.abspath(os.path.expanduser(flags["-cd"]))
+        if not os.path.isdir(extra):
+            return f"config directory not found: {extra} (--config-dir)"
+        search_path.prepend(provider="command-line", path=f"file://{extra}", anchor=SearchPathQuery(provider="schema"))
+    parser = OverridesParser.create()
+    searchpath = []
+    for arg in overrides:
+        try:
+            if parser.parse_override(arg).get_key_element() == "hydra.searchpath":
+                searchpath.append(arg)
+        except HydraException:
+            continue  # Hydra refuses it later, in its own words
+    loader = ConfigLoaderImpl(config_search_path=search_path)
+    try:
+        with warnings.catch_warnings():  # Hydra warns about a missing hydra.searchpath folder itself
+            warnings.simplefilter("ignore")
+            # Hydra's own step that reads hydra.searchpath (command line, else the primary config)
+            _, repo = loader._parse_overrides_and_create_caching_repo(flags.get("-cn", config_name), searchpath)
+    except HydraException:
+        return None  # a malformed hydra.searchpath or primary config: Hydra says what is wrong
+    return repo
+
+
+def searched_folders(repo: Any) -> list[str]:
+    """The entries of a repository's search path that can hold the application's options, as the user wrote them.
+
+    Hydra's own packages (hydra.conf, the plugins' hydra/ groups) and its structured configs are left out.
+    """
+    shown = []
+    for source in repo.get_sources():
+        scheme = source.scheme()
+        if source.provider in ("hydra", "schema") or (scheme == "pkg" and source.path.startswith("hydra_plugins.")):
             continue
-        key, value = arg.split("=", 1)
-        group = key.lstrip("+~").split("@", 1)[0]
-        if not group or group.startswith("hydra") or not (root / group).is_dir():
+        where = source.path if scheme == "file" else f"{scheme}://{source.path}"
+        shown.append(where if source.available() else f"{where} (not found)")
+    return shown
+
+
+def _choices(override: Any) -> list[str]:
+    """The option names an override selects: one, a list (`[a,b]`), a sweep (`a,b`, `[a],[b]`); not globs or ranges."""
+    from hydra.core.override_parser.types import ChoiceSweep
+
+    value = override.value()
+    items = list(value.list) if isinstance(value, ChoiceSweep) else [value]
+    names: list[str] = []
+    for item in items:
+        names += [x for x in (item if isinstance(item, list) else [item]) if isinstance(x, str)]
+    return names
+
+
+def check_group_choices(argv: list[str], config_dir: str = CONFIG_DIR, config_name: str | None = None) -> str | None:
+    """A one-line complaint about the first `group=option` naming no config of a config group, or None.
+
+    The options are those of every folder and package on Hydra's search path (`config_repository`:
+    ./configs, configs/local, --config-dir, hydra.searchpath ...), and the complaint names them.
+    Hydra reports the same, but over a dozen lines; this also covers multi-select (`teacher=[a,b]`)
+    and sweep (`student=a,b`) values.
+    """
+    from hydra.core.object_type import ObjectType
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    picks = []
+    for arg in split_hydra_args(argv)[1]:
+        try:
+            override = parser.parse_override(arg)
+        except HydraException:
+            continue  # Hydra refuses it later, in its own words
+        group = override.key_or_group
+        if override.is_delete() or "." in group or group == "hydra" or group.startswith("hydra/"):
             continue
-        valid = sorted(p.stem for p in (root / group).glob("*.yaml"))
-        for choice in value.replace("[", ",").replace("]", ",").replace(" ", "").split(","):
-            if choice and choice != "null" and choice not in valid:
-                return f"unknown {group} option '{choice}'; valid options: {', '.join(valid)}"
+        picks.append((group, _choices(override)))
+    if not picks:
+        return None
+    repo = config_repository(argv, config_dir, config_name)
+    if repo is None or isinstance(repo, str):
+        return repo
+    for group, choices in picks:
+        valid = sorted(set(repo.get_group_options(group, ObjectType.CONFIG)))
+        if not valid:
+            continue  # not a config group: a config key
+        for choice in choices:
+            if choice != "null" and choice not in valid:
+                return (
+                    f"unknown {group} option '{choice}'; valid options: {', '.join(valid)} "
+                    f"(searched {', '.join(searched_folders(repo))})"
+                )
     return None
+
+
+def help_groups() -> str:
+    """`--help`'s list of config groups: those named by the primary config's defaults list, with their options.
+
+    A resolver of the help template (configs/hydra/default.yaml), so that each entry point lists
+    its own groups (`distill-train` not those of `distill-lm`), with the options of every folder
+    of the run's search path.
+    """
+    from hydra._internal.config_repository import ConfigRepository
+    from hydra._internal.config_search_path_impl import ConfigSearchPathImpl
+    from hydra.core.default_element import ConfigDefault, GroupDefault
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.object_type import ObjectType
+
+    if not HydraConfig.initialized():
+        return ""
+    hydra_cfg = HydraConfig.get()
+    search_path = ConfigSearchPathImpl()
+    for source in hydra_cfg.runtime.config_sources:
+        search_path.append(source.provider, f"{source.schema}://{source.path}")
+    repo = ConfigRepository(search_path)
+    groups: list[str] = []
+
+    def collect(config_name: str, seen: set[str]) -> None:
+        loaded = repo.load_config(config_name) if config_name not in seen else None
+        seen.add(config_name)
+        for element in (loaded.defaults_list or []) if loaded is not None else []:
+            if isinstance(element, GroupDefault):
+                group = element.group.lstrip("/")
+                if group and group != "hydra" and not group.startswith("hydra/") and group not in groups:
+                    groups.append(group)
+            elif isinstance(element, ConfigDefault) and element.path and element.path != "_self_":
+                collect(element.path.lstrip("/"), seen)  # a primary config that extends a shipped one
+
+    collect(hydra_cfg.job.config_name, set())
+    lines = []
+    for group in sorted(groups):
+        options = sorted(set(repo.get_group_options(group, ObjectType.CONFIG)))
+        if options:
+            lines.append(f"{group}: {', '.join(options)}")
+    return "\n".join(lines)
 
 
 def check_strategy_overrides(argv: list[str]) -> str | None:
@@ -149,7 +366,9 @@ def describe_config_error(err: BaseException, argv: list[str]) -> str:
 
 
 # Optional keys the code reads where present (`fit.get("gradient_clip_val")`): they may be added with `+`.
-OPTIONAL_KEYS = ("gradient_clip_val", "train_fraction", "restore_best", "scheduler", "batch_size", "ckpt_path")
+OPTIONAL_KEYS = (
+    "gradient_clip_val", "train_fraction", "restore_best", "early_stopping", "scheduler", "batch_size", "ckpt_path",
+)  # fmt: skip
 
 
 def check_added_keys(cfg: Any, overrides: list[str] | None = None) -> None:
@@ -191,6 +410,17 @@ def check_added_keys(cfg: Any, overrides: list[str] | None = None) -> None:
         )
 
 
+def _primary_config_name(hydra_main: Callable[[], Any]) -> str | None:
+    """The `config_name` given to `@hydra.main` (kept in the closure of the function it returns), else None."""
+    import inspect
+
+    try:
+        name = inspect.getclosurevars(hydra_main).nonlocals.get("config_name")
+    except TypeError:
+        return None
+    return name if isinstance(name, str) else None
+
+
 def guarded(hydra_main: Callable[[], Any]) -> None:
     """Entry point: refuse bad overrides in one line, then let Hydra run.
 
@@ -204,7 +434,8 @@ def guarded(hydra_main: Callable[[], Any]) -> None:
     from distill.secrets import scrub
 
     argv = sys.argv[1:]
-    problem = check_group_choices(argv) or check_strategy_overrides(argv)
+    make_cwd_importable()
+    problem = check_group_choices(argv, config_name=_primary_config_name(hydra_main)) or check_strategy_overrides(argv)
     if problem:
         print(f"error: {scrub(problem)}", file=sys.stderr)
         sys.exit(2)

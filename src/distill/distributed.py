@@ -60,7 +60,7 @@ def start(trainer_cfg: DictConfig) -> None:
     try:
         trainer = hydra.utils.instantiate(trainer_cfg, logger=False, enable_progress_bar=False)
     except InstantiationException as err:
-        from distill.pipeline import instantiation_message
+        from distill.assembly import instantiation_message
 
         raise DistillError(f"cannot build trainer: {instantiation_message(err)}") from None
     strategy = trainer.strategy

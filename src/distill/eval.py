@@ -22,12 +22,19 @@ def evaluate(cfg: DictConfig) -> dict:
 
     from omegaconf import OmegaConf
 
+    from distill.assembly import build
     from distill.checkpoints import load_weights, read_checkpoint
     from distill.compress import deploy
     from distill.data.base import attach_standardization
     from distill.errors import DistillError
-    from distill.pipeline import build, build_data
-    from distill.report import measure_models, publish_report
+    from distill.report import publish_report
+    from distill.spine import measure
+    from distill.tasks import ClassificationTask
+
+    task = ClassificationTask()
+
+    def measured(model: object, dm: object) -> list:
+        return measure(task, {"student": model}, {"student": "student"}, dm, cfg, out, teacher_names=[])
 
     def names(dm: object, fallback: object = None) -> dict:
         class_names = fallback or getattr(dm, "class_names", None)
@@ -43,9 +50,9 @@ def evaluate(cfg: DictConfig) -> dict:
             raise DistillError(f"ONNX artifact not found: {artifact}")
         if cfg.get("data") is None:
             raise DistillError("an .onnx artifact carries no data config: name the dataset, e.g. data=mnist1d")
-        dm = build_data(cfg)
+        dm = task.build_data(cfg)
         deploy.check_onnx_input_shape(artifact, dm.input_shape, data_name(dm), name=str(artifact))
-        rows = measure_models({"student": artifact}, dm, out / "models", cfg.report, teacher_names=[])
+        rows = measured(artifact, dm)
         return publish_report(rows, out, [], title=f"evaluation of {artifact}", extra=names(dm))
 
     checkpoint = read_checkpoint(cfg.ckpt_path)
@@ -56,7 +63,7 @@ def evaluate(cfg: DictConfig) -> dict:
     if cfg.get("data") is None:
         OmegaConf.set_struct(cfg, False)
         cfg.data = OmegaConf.create(checkpoint["data"])
-    dm = build_data(cfg)
+    dm = task.build_data(cfg)
     trained_shape = (checkpoint["data"] or {}).get("input_shape")
     if trained_shape and list(trained_shape) != list(dm.input_shape):
         raise DistillError(
@@ -76,7 +83,7 @@ def evaluate(cfg: DictConfig) -> dict:
             raise DistillError(f"{cfg.ckpt_path} says its input is standardised but holds no input_mean/input_std")
         attach_standardization(net, state["input_mean"], state["input_std"])
     load_weights(net, cfg.ckpt_path, "student")
-    rows = measure_models({"student": net}, dm, out / "models", cfg.report, teacher_names=[])
+    rows = measured(net, dm)
     extra = names(dm, checkpoint.get("class_names"))
     return publish_report(rows, out, [], title=f"evaluation of {cfg.ckpt_path}", extra=extra)
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import statistics
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -93,3 +95,57 @@ def flops_per_sample(model: nn.Module, example: Tensor) -> int:
     with counter, torch.inference_mode():
         model(example[:1].cpu())
     return int(counter.get_total_flops())
+
+
+def trainable_parameters(model: nn.Module) -> int:
+    """Parameters that train (`requires_grad`): a LoRA model's adapters, a frozen teacher's none."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def weights_bytes(model: nn.Module) -> int:
+    """Size of the model's `state_dict` as `torch.save` writes it, counted in memory."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getbuffer().nbytes
+
+
+def size_and_speed(
+    model: nn.Module | Path,
+    runner: nn.Module | Path,
+    example: Tensor,
+    report: Any,
+    weights_path: Path | None = None,
+    flops: bool = True,
+) -> dict[str, Any]:
+    """Parameters, non-zero parameters, bytes on disk, CPU latency at each `report.latency_batch_sizes` (median
+    of `report.latency_repeats`) and FLOPs per sample, the same way for every model and task.
+
+    `model` is a PyTorch module (its `state_dict` is written to `weights_path`, or counted in memory) or an
+    ONNX file (run with ONNX Runtime; no FLOPs counted). `runner` is the module that takes `example`.
+    """
+    row: dict[str, Any]
+    if isinstance(model, nn.Module):
+        row = {
+            "parameters": count_parameters(model),
+            "nonzero_parameters": count_nonzero_parameters(model),
+            "bytes": save_weights(model, weights_path) if weights_path else weights_bytes(model),
+        }
+        for batch in report.latency_batch_sizes:
+            row[f"latency_ms_batch_{batch}"] = latency_ms(runner, example, batch, repeats=report.latency_repeats)
+        if flops:
+            row["flops"] = flops_per_sample(runner, example)
+        return row
+    from distill.compress import deploy
+
+    session = deploy.onnx_session(model)
+    row = {
+        "parameters": deploy.onnx_parameters(model),
+        "nonzero_parameters": deploy.onnx_nonzero_parameters(model),
+        "bytes": Path(model).stat().st_size,
+    }
+    for batch in report.latency_batch_sizes:
+        row[f"latency_ms_batch_{batch}"] = deploy.onnx_latency_ms(session, example, batch, repeats=report.latency_repeats)
+    if flops:
+        row["flops"] = None
+    row["artifact"] = str(model)
+    return row

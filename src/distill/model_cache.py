@@ -67,6 +67,9 @@ def stopped_early(trainer: Any) -> str | None:
         return None
     if getattr(trainer, "interrupted", False):
         return "was interrupted"
+    stopper = getattr(trainer, "early_stopping_callback", None)
+    if stopper is not None and getattr(stopper, "stopped_epoch", 0) > 0:
+        return None  # stopped on a plateau: the recipe's early_stopping (or a callback in the key) did it
     max_steps = getattr(trainer, "max_steps", -1)
     if max_steps is not None and max_steps >= 0 and trainer.global_step >= max_steps:
         return None  # a step budget (trainer.max_steps) is part of the recipe and the cache key

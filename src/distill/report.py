@@ -4,25 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-from omegaconf import DictConfig
-from torch import nn
-
 from distill.atomic import atomic_write, write_text
-from distill.data.base import ArrayDataModule
-from distill.measure import (
-    classification_metrics,
-    count_nonzero_parameters,
-    count_parameters,
-    flops_per_sample,
-    latency_ms,
-    predict,
-    save_weights,
-)
 
 log = logging.getLogger(__name__)
 
@@ -39,69 +24,6 @@ COLUMNS = {  # key: (header, format)
     "bytes": ("bytes on disk", "{:,}"),
     "flops": ("FLOPs/sample", "{:,}"),
 }
-
-
-def measure_models(
-    models: Mapping[str, nn.Module | Path],
-    dm: ArrayDataModule,
-    weights_dir: Path,
-    cfg: DictConfig,
-    teacher_names: list[str],
-) -> list[dict[str, Any]]:
-    """One row per model: test metrics, agreement with the teachers' mean logits, size, latency, FLOPs.
-
-    A model is a PyTorch module (its `state_dict` is saved to measure bytes on disk) or an ONNX
-    file (run with ONNX Runtime on the CPU; its FLOPs are not counted).
-    """
-    from distill.compress import deploy
-
-    def run_model(model: nn.Module | Path):
-        if isinstance(model, nn.Module):
-            return predict(model, dm.test_dataloader())
-        return deploy.onnx_predict(model, dm.test_dataloader())
-
-    logits = {name: run_model(model) for name, model in models.items()}
-    targets = next(iter(logits.values()))[1]
-    reference = torch.stack([logits[n][0] for n in teacher_names]).mean(0) if teacher_names else None
-    example = dm.model_inputs("test", 1)
-    rows = []
-    for name, model in models.items():
-        row: dict[str, Any] = {"model": name}
-        row.update(classification_metrics(logits[name][0], targets, reference))
-        if isinstance(model, nn.Module):
-            row["parameters"] = count_parameters(model)
-            row["nonzero_parameters"] = count_nonzero_parameters(model)
-            row["bytes"] = save_weights(model, weights_dir / f"{name.replace(':', '_')}.pt")
-            for batch in cfg.latency_batch_sizes:
-                row[f"latency_ms_batch_{batch}"] = latency_ms(model, example, batch, repeats=cfg.latency_repeats)
-            row["flops"] = flops_per_sample(model, example)
-        else:
-            session = deploy.onnx_session(model)
-            row["parameters"] = deploy.onnx_parameters(model)
-            row["nonzero_parameters"] = deploy.onnx_nonzero_parameters(model)
-            row["bytes"] = Path(model).stat().st_size
-            for batch in cfg.latency_batch_sizes:
-                row[f"latency_ms_batch_{batch}"] = deploy.onnx_latency_ms(
-                    session, example, batch, repeats=cfg.latency_repeats
-                )
-            row["flops"] = None
-            row["artifact"] = str(model)
-        rows.append(row)
-    return rows
-
-
-def summarize(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """Distilled minus baseline accuracy, and the share of the teacher–baseline gap it closes."""
-    by_name = {r["model"]: r for r in rows}
-    if "student" not in by_name or "baseline" not in by_name:
-        return {}
-    base, student = by_name["baseline"]["accuracy"], by_name["student"]["accuracy"]
-    summary = {"student_minus_baseline": student - base}
-    teachers = [r["accuracy"] for r in rows if r["model"].startswith("teacher:")]
-    if teachers:
-        gap = max(teachers) - base
-        summary["gap_closed"] = (student - base) / gap if gap > 0 else float("nan")
-    return summary
 
 
 def _columns(rows: list[dict[str, Any]]) -> list[str]:
@@ -191,7 +113,7 @@ def publish_report(
     `extra` entries go to the top level of report.json (e.g. `student_val_accuracy`).
     """
     out.mkdir(parents=True, exist_ok=True)
-    summary = summarize(rows) if summary is None else summary
+    summary = summary or {}
     report = {"title": title, "models": rows, "summary": summary, **(extra or {})}
     if failure:
         report["failed"] = failure

@@ -116,6 +116,12 @@ def check_fit(fit: Any, key: str) -> None:
     number(_get(fit, "train_fraction"), f"{key}.train_fraction", low=0, high=1, low_open=True, allow_none=True)
     if "restore_best" in fit:
         boolean(_get(fit, "restore_best"), f"{key}.restore_best")
+    stopping = _get(fit, "early_stopping")
+    if stopping is not None:
+        if not isinstance(stopping, DictConfig):
+            raise DistillError(f"{key}.early_stopping must be null or {{patience, min_delta}}, got {_shown(stopping)}")
+        integer(_get(stopping, "patience"), f"{key}.early_stopping.patience", minimum=1)
+        number(_get(stopping, "min_delta"), f"{key}.early_stopping.min_delta", low=0, allow_none=True)
 
 
 def check_fractions(node: Any, key: str) -> None:

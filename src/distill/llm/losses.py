@@ -35,8 +35,6 @@ from distill.losses.base import LossTerm, StepView
 
 IGNORE_INDEX = -100  # label of a position that no loss counts (prompt, padding)
 
-KINDS = ("forward", "reverse", "jsd", "skew_forward", "skew_reverse", "tv")
-
 
 # -- validation ---------------------------------------------------------------------------------
 
@@ -246,51 +244,78 @@ def lm_loss(student_logits: Tensor, labels: Tensor) -> Tensor:
 # -- loss terms ---------------------------------------------------------------------------------
 
 
-class TokenKLLoss(LossTerm):
+class TokenDivergence(LossTerm):
     """A token-level divergence between the student's and the teacher's next-token distributions.
 
-    `kind` picks the divergence: "forward" (`forward_kl`), "reverse" (`reverse_kl`), "jsd"
-    (`generalized_jsd` with `beta`), "skew_forward" / "skew_reverse" (`skew_forward_kl` /
-    `skew_reverse_kl` with `alpha`), "tv" (`total_variation`). Logits are divided by
-    `temperature`; no T² factor is applied (see the module docstring).
-
     Reads `view.student_logits` and `view.teacher_logits` ([B, L, V]) and takes the labels from
-    `view.targets` ([B, L], already shifted to align with the logits, -100 where ignored).
+    `view.targets` ([B, L], already shifted to align with the logits, -100 where ignored). Logits
+    are divided by `temperature`; no T² factor is applied (see the module docstring). Each
+    divergence is its own subclass, chosen by `_target_` (configs/lm_distill/).
     """
 
     needs_teacher = True
 
-    def __init__(
-        self,
-        weight: float = 1.0,
-        kind: str = "forward",
-        temperature: float = 1.0,
-        beta: float = 0.5,
-        alpha: float = 0.1,
-    ) -> None:
+    def __init__(self, weight: float = 1.0, temperature: float = 1.0) -> None:
         super().__init__(weight)
-        if kind not in KINDS:
-            raise DistillError(f"TokenKLLoss: kind must be one of {', '.join(KINDS)}, got {kind!r}")
-        self.kind = kind
-        self.temperature = _check_temperature("TokenKLLoss", temperature)
-        self.beta = _check_beta("TokenKLLoss", beta)
-        self.alpha = _check_alpha("TokenKLLoss", alpha)
+        self.temperature = _check_temperature(type(self).__name__, temperature)
+
+    def divergence(self, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor) -> Tensor:
+        raise NotImplementedError
 
     def forward(self, view: StepView) -> Tensor:
         if view.teacher_logits is None:
-            raise DistillError("TokenKLLoss needs a teacher, and this run has none")
-        s, t, labels, temp = view.student_logits, view.teacher_logits, view.targets, self.temperature
-        if self.kind == "forward":
-            return forward_kl(s, t, labels, temp)
-        if self.kind == "reverse":
-            return reverse_kl(s, t, labels, temp)
-        if self.kind == "jsd":
-            return generalized_jsd(s, t, labels, self.beta, temp)
-        if self.kind == "skew_forward":
-            return skew_forward_kl(s, t, labels, self.alpha, temp)
-        if self.kind == "skew_reverse":
-            return skew_reverse_kl(s, t, labels, self.alpha, temp)
-        return total_variation(s, t, labels, temp)
+            raise DistillError(f"{type(self).__name__} needs a teacher, and this run has none")
+        return self.divergence(view.student_logits, view.teacher_logits, view.targets)
+
+
+class ForwardKL(TokenDivergence):
+    """KL(p_teacher || q_student) per token (`forward_kl`): mode-covering."""
+
+    def divergence(self, s: Tensor, t: Tensor, labels: Tensor) -> Tensor:
+        return forward_kl(s, t, labels, self.temperature)
+
+
+class ReverseKL(TokenDivergence):
+    """KL(q_student || p_teacher) per token (`reverse_kl`): mode-seeking (MiniLLM's token-level objective)."""
+
+    def divergence(self, s: Tensor, t: Tensor, labels: Tensor) -> Tensor:
+        return reverse_kl(s, t, labels, self.temperature)
+
+
+class GeneralizedJSD(TokenDivergence):
+    """The generalised Jensen-Shannon divergence with `beta` (`generalized_jsd`; GKD, Agarwal et al. 2024)."""
+
+    def __init__(self, weight: float = 1.0, temperature: float = 1.0, beta: float = 0.5) -> None:
+        super().__init__(weight, temperature)
+        self.beta = _check_beta(type(self).__name__, beta)
+
+    def divergence(self, s: Tensor, t: Tensor, labels: Tensor) -> Tensor:
+        return generalized_jsd(s, t, labels, self.beta, self.temperature)
+
+
+class SkewForwardKL(TokenDivergence):
+    """Skew KL with `alpha` (`skew_forward_kl`; DistiLLM, Ko et al. 2024)."""
+
+    def __init__(self, weight: float = 1.0, temperature: float = 1.0, alpha: float = 0.1) -> None:
+        super().__init__(weight, temperature)
+        self.alpha = _check_alpha(type(self).__name__, alpha)
+
+    def divergence(self, s: Tensor, t: Tensor, labels: Tensor) -> Tensor:
+        return skew_forward_kl(s, t, labels, self.alpha, self.temperature)
+
+
+class SkewReverseKL(SkewForwardKL):
+    """Skew reverse KL with `alpha` (`skew_reverse_kl`; DistiLLM, Ko et al. 2024)."""
+
+    def divergence(self, s: Tensor, t: Tensor, labels: Tensor) -> Tensor:
+        return skew_reverse_kl(s, t, labels, self.alpha, self.temperature)
+
+
+class TotalVariation(TokenDivergence):
+    """Total variation distance per token (`total_variation`)."""
+
+    def divergence(self, s: Tensor, t: Tensor, labels: Tensor) -> Tensor:
+        return total_variation(s, t, labels, self.temperature)
 
 
 class LMLoss(LossTerm):

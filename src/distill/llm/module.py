@@ -9,13 +9,13 @@ import random
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-import lightning as L
 import torch
 from torch import Tensor, nn
 
 from distill.errors import DistillError
 from distill.llm.losses import IGNORE_INDEX, lm_loss
 from distill.losses.base import LossTerm, StepView
+from distill.modules.base import TeacherStudentModule
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class HiddenStateLoss(LossTerm):
             )
 
     def forward(self, view: StepView) -> Tensor:
-        mask = view.index  # the attention mask travels in `index` for this term (see LMDistillationModule)
+        mask = view.attention_mask.float()  # [B, L]: hidden states cover every position, padding excluded
         total = view.student_logits.new_zeros(())
         for i, projection in enumerate(self.projections):
             s, t = self.feature_pair(view, i)
@@ -58,14 +58,7 @@ class HiddenStateLoss(LossTerm):
         return total / max(len(self.projections), 1)
 
 
-def freeze(model: nn.Module) -> nn.Module:
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
-
-
-class LMDistillationModule(L.LightningModule):
+class LMDistillationModule(TeacherStudentModule):
     """Train a causal LM `student`, from `teachers` when given (else on the language-modelling loss alone).
 
     Per step: `lm_weight` x the language-modelling loss on the batch's labels, plus every term's
@@ -75,7 +68,7 @@ class LMDistillationModule(L.LightningModule):
     teacher's (sequence-level KD, Kim & Rush 2016); see `generate_batch`. Generated tokens carry
     no language-modelling loss on on-policy batches (they are the student's own). Teachers are
     frozen, kept out of the optimiser and out of checkpoints, and stay in eval mode; the student
-    trains in train mode (dropout on) even when it was loaded in eval mode.
+    trains in train mode (dropout on) even when it was loaded in eval mode (`TeacherStudentModule`).
     """
 
     def __init__(
@@ -93,10 +86,9 @@ class LMDistillationModule(L.LightningModule):
         seed: int = 0,
         prefix: str = "student",
         pad_token_id: int = 0,
-        restore_best: bool = False,
         eos_token_id: int | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(student, optimizer, scheduler, teachers, prefix)
         for name, value in (("on_policy_fraction", on_policy_fraction), ("sequence_kd_fraction", sequence_kd_fraction)):
             if not 0 <= value <= 1:
                 raise DistillError(f"{name} must be in [0, 1], got {value}")
@@ -104,50 +96,20 @@ class LMDistillationModule(L.LightningModule):
             raise DistillError("on_policy_fraction + sequence_kd_fraction must be at most 1")
         if (terms or sequence_kd_fraction) and not teachers:
             raise DistillError("token-level terms and sequence-level KD need a teacher")
-        self.student = student
-        self.teachers = {n: freeze(t) for n, t in teachers.items()}  # a plain dict: not submodules
         self.terms = nn.ModuleDict(dict(terms))
-        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.lm_weight = float(lm_weight)
         self.on_policy_fraction, self.sequence_kd_fraction = on_policy_fraction, sequence_kd_fraction
         self.prompt_len, self.generation_temperature = prompt_len, generation_temperature
-        self.seed, self.prefix, self.pad_token_id = seed, prefix, pad_token_id
+        self.seed, self.pad_token_id = seed, pad_token_id
         self.eos_token_id = eos_token_id
         self.hidden = any(term.student_layers for term in self.terms.values())
         self._val: dict[str, float] = {}
         self.generated_batches = {"on_policy": 0, "sequence_kd": 0}
-        # restore_best: the trainable weights of the epoch with the lowest validation perplexity are
-        # kept (on the CPU, and in checkpoints) and put back when training ends.
-        self.restore_best = bool(restore_best)
-        self.best: dict[str, Any] = {"epoch": -1, "val_ppl": math.inf, "weights": {}}
 
     @property
-    def net(self) -> nn.Module:
-        """The model being trained (the name every module of the project uses)."""
-        return self.student
-
-    def on_fit_start(self) -> None:
-        # A model loaded with from_pretrained comes in eval mode (dropout off) and Lightning leaves
-        # modes as they are: the student trains in train mode (teachers stay in eval mode, see train()).
-        self.train()
-
-    def on_train_epoch_start(self) -> None:
-        loader = self.trainer.train_dataloader  # shuffle by epoch number: a resumed run sees the same batches
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(self.current_epoch)
-
-    # -- teachers follow the student's device and stay in eval mode ---------------------------------
-    def _apply(self, fn, *args, **kwargs):  # noqa: ANN001
-        super()._apply(fn, *args, **kwargs)
-        for teacher in self.teachers.values():
-            teacher._apply(fn, *args, **kwargs)
-        return self
-
-    def train(self, mode: bool = True) -> LMDistillationModule:
-        super().train(mode)
-        for teacher in self.teachers.values():
-            teacher.eval()
-        return self
+    def student(self) -> nn.Module:
+        """The model being trained (`net`)."""
+        return self.net
 
     # -- the step -------------------------------------------------------------------------------
     def _forward(self, model: nn.Module, batch: dict[str, Tensor], hidden: bool) -> Any:
@@ -168,7 +130,7 @@ class LMDistillationModule(L.LightningModule):
         return StepView(
             student_logits=logits, teacher_logits=teacher_logits, teachers_logits=teachers_logits,
             student_features=features, teacher_features=teacher_features, targets=batch["labels"][:, 1:],
-            index=batch["attention_mask"].float(), epoch=self.current_epoch,
+            index=batch.get("index"), attention_mask=batch["attention_mask"], epoch=self.current_epoch,
         )  # fmt: skip
 
     def _teacher_outputs(self, batch: dict[str, Tensor], hidden: bool) -> dict[str, Any]:
@@ -300,37 +262,6 @@ class LMDistillationModule(L.LightningModule):
         self.log(f"{self.prefix}/val/ppl", ppl, prog_bar=True)
         if self.teachers:
             self.log(f"{self.prefix}/val/agreement", agree / tokens)
-        if self.restore_best and not self.trainer.sanity_checking and ppl < self.best["val_ppl"]:
-            weights = {n: p.detach().cpu().clone() for n, p in self.student.named_parameters() if p.requires_grad}
-            self.best = {"epoch": self.current_epoch, "val_ppl": ppl, "weights": weights}
-
-    def on_fit_end(self) -> None:
-        if not self.restore_best or not self.best["weights"]:
-            return
-        params = dict(self.student.named_parameters())
-        with torch.no_grad():
-            for name, value in self.best["weights"].items():
-                params[name].copy_(value)
-        log.info("%s: weights of epoch %d restored (lowest validation perplexity, %.3f)", self.prefix,
-                 self.best["epoch"], self.best["val_ppl"])  # fmt: skip
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.restore_best:
-            checkpoint["best_weights"] = dict(self.best)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.restore_best and "best_weights" in checkpoint:
-            self.best = dict(checkpoint["best_weights"])
-
-    def configure_optimizers(self) -> Any:
-        params = [p for p in self.student.parameters() if p.requires_grad] + list(self.terms.parameters())
-        optimizer = self.optimizer_factory(params)
-        if self.scheduler_factory is None:
-            return optimizer
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "epoch"},
-        }
 
 
 def teacher_choice(teacher_outputs: Mapping[str, Any]) -> Tensor:

@@ -12,7 +12,7 @@ from distill.cli import CONFIG_DIR, guarded, run_task
 def hydra_main(cfg: DictConfig) -> float | None:
     """Train (or load) the teacher and the student alone, distil the student, write the report."""
     from distill.extras import apply_extras
-    from distill.llm.pipeline import run
+    from distill.spine import run
 
     apply_extras(cfg)
     report = run_task(run, cfg) or {}

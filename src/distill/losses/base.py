@@ -29,6 +29,9 @@ class StepView:
     # Per-sample weights over the teachers ([batch, teachers], rows sum to 1, teachers in the
     # order of `teachers_logits`) set by a multi-teacher strategy; None means uniform.
     teacher_weights: Tensor | None = None
+    # Which input positions are real (1) and which are padding (0), for sequence inputs ([batch, length],
+    # unshifted); None for inputs without padding.
+    attention_mask: Tensor | None = None
 
 
 class LossTerm(nn.Module):

@@ -11,33 +11,22 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from distill.errors import DistillError
 from distill.losses.base import LossTerm, StepView
-from distill.losses.multi_teacher import check_strategy, confidence_weights, entropy_weights, mixture_logits
+from distill.losses.multi_teacher import MeanLogits, TeacherCombination
 from distill.modules.base import ClassifierModule, OptimizerFactory, SchedulerFactory
 from distill.taps import FeatureTaps
-
-
-def freeze(model: nn.Module) -> nn.Module:
-    """Eval mode and no gradients: a teacher's weights and BatchNorm statistics never move."""
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
 
 
 class DistillationModule(ClassifierModule):
     """Trains `net` (the student) on `sum(weight * term(view))` over the configured terms.
 
-    Teachers are kept outside the module's registered children: they are not in the
-    optimiser, not in `state_dict` (so not in checkpoints) and not wrapped by DDP, yet follow
-    the module across devices (`_apply`) and stay in eval mode (`train`). When the training
-    inputs carry no randomness, each teacher's outputs are computed once per run and looked up
-    by sample index afterwards.
+    Teachers are frozen and kept out of the registered children (`TeacherStudentModule`). When the
+    training inputs carry no randomness, each teacher's outputs are computed once per run and
+    looked up by sample index afterwards.
 
-    With several teachers, `multi_teacher` picks how they combine (see
-    `distill.losses.multi_teacher`): `mean_logits` (KD-type terms see the mean of the logits),
-    `mean_losses` (each logit-based term is computed against every teacher and averaged),
-    `entropy_weighted` and `ca_mkd` (per-sample weights over the teachers). A run may have no
-    teacher at all when every term is self-contained (`needs_teacher = False`).
+    With several teachers, `multi_teacher` (a `distill.losses.multi_teacher.TeacherCombination`)
+    says how they combine: the mean of their logits, each term against every teacher averaged, or
+    per-sample weights over the teachers. A run may have no teacher at all when every term is
+    self-contained (`needs_teacher = False`).
     """
 
     def __init__(
@@ -52,11 +41,11 @@ class DistillationModule(ClassifierModule):
         cache_teacher_outputs: bool = True,
         cache_limit_bytes: int = 2**30,
         num_samples: int | None = None,
-        multi_teacher: str = "mean_logits",
+        multi_teacher: TeacherCombination | None = None,
         prefix: str = "student",
         gradient_clip_val: float | None = None,
     ) -> None:
-        super().__init__(net, optimizer, num_classes, scheduler, prefix, gradient_clip_val)
+        super().__init__(net, optimizer, num_classes, scheduler, prefix, gradient_clip_val, teachers)
         if not terms:
             raise DistillError("distillation needs at least one loss term (distill=[...])")
         needy = [name for name, term in terms.items() if term.needs_teacher]
@@ -64,8 +53,11 @@ class DistillationModule(ClassifierModule):
             raise DistillError(
                 f"distillation needs at least one teacher for the terms {', '.join(needy)} (teacher=NAME)"
             )
-        self.multi_teacher = check_strategy(multi_teacher)
-        self.teachers = {name: freeze(t) for name, t in teachers.items()}
+        if multi_teacher is not None and not isinstance(multi_teacher, TeacherCombination):
+            raise DistillError(
+                f"multi_teacher must be a distill.losses.multi_teacher.TeacherCombination, got {type(multi_teacher).__name__}"
+            )
+        self.multi_teacher = multi_teacher or MeanLogits()
         self.terms = nn.ModuleDict(terms)
         self.cache_teacher_outputs, self.cache_limit_bytes = cache_teacher_outputs, cache_limit_bytes
         self._cache: dict[str, dict[str, Tensor]] | None = None
@@ -89,21 +81,13 @@ class DistillationModule(ClassifierModule):
         }
         self._probe(example_input, num_classes)
 
-    # -- teachers follow the module but stay frozen ------------------------------------------
-    def _apply(self, fn: Callable, recurse: bool = True) -> DistillationModule:
-        super()._apply(fn, recurse)
-        for teacher in self.teachers.values():
-            teacher._apply(fn, recurse)
+    # -- cached teacher outputs follow the module across devices ------------------------------
+    def _apply(self, fn: Callable, *args, **kwargs) -> DistillationModule:  # noqa: ANN002, ANN003
+        super()._apply(fn, *args, **kwargs)
         if self._cache is not None:
             self._cache = {n: {k: fn(v) for k, v in d.items()} for n, d in self._cache.items()}
         if self._val_teacher is not None:
             self._val_teacher = fn(self._val_teacher)
-        return self
-
-    def train(self, mode: bool = True) -> DistillationModule:
-        super().train(mode)
-        for teacher in self.teachers.values():
-            teacher.eval()
         return self
 
     # -- one step --------------------------------------------------------------------------
@@ -120,18 +104,8 @@ class DistillationModule(ClassifierModule):
     ) -> StepView:
         logits = {n: out["logits"] for n, out in teacher_out.items()}
         weights, target = None, None
-        if len(logits) == 1:
-            target = next(iter(logits.values()))
-        elif self.multi_teacher in ("entropy_weighted", "ca_mkd"):
-            listed = list(logits.values())
-            weights = (
-                entropy_weights(listed)
-                if self.multi_teacher == "entropy_weighted"
-                else confidence_weights(listed, batch["y"])
-            )
-            target = mixture_logits(listed, weights)
-        elif logits:
-            target = torch.stack(list(logits.values())).mean(0)
+        if logits:
+            target, weights = self.multi_teacher.combine(list(logits.values()), batch["y"])
         return StepView(
             student_logits=student_logits,
             teacher_logits=target,
@@ -179,7 +153,7 @@ class DistillationModule(ClassifierModule):
 
     def _term_value(self, term: LossTerm, view: StepView) -> Tensor:
         """The term on `view`; under `mean_losses`, averaged over one view per teacher."""
-        if self.multi_teacher != "mean_losses" or len(view.teachers_logits) < 2 or term.teacher_layers:
+        if not self.multi_teacher.per_teacher_losses or len(view.teachers_logits) < 2 or term.teacher_layers:
             return term(view)
         per_teacher = [
             term(dataclasses.replace(view, teacher_logits=z, teachers_logits={n: z}, teacher_weights=None))

@@ -1,0 +1,33 @@
+"""Batches of token sequences for the text data modules."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from torch import Tensor
+
+from distill.data.batches import TensorBatches
+
+
+class SequenceBatches(TensorBatches):
+    """`{"input_ids", "attention_mask", "labels", "index"}` batches sliced from in-memory tensors.
+
+    Behaves like `TensorBatches` (shuffled order from (seed, epoch), `set_epoch`, `sharded` for DDP,
+    `deterministic`); `index` is each sequence's row in its split (`rows` maps a subset's rows back).
+    """
+
+    def __init__(self, tensors: dict[str, Tensor], batch_size: int, rows: Tensor | None = None, **kwargs: Any) -> None:
+        super().__init__(tensors["input_ids"], tensors["labels"], batch_size, **kwargs)
+        self.attention_mask = tensors["attention_mask"]
+        self.rows = rows
+
+    def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        for batch in super().__iter__():
+            index = batch["index"]
+            yield {
+                "input_ids": batch["x"],
+                "attention_mask": self.attention_mask[index],
+                "labels": batch["y"],
+                "index": index if self.rows is None else self.rows[index],
+            }

@@ -1,0 +1,247 @@
+"""Causal language models on the spine: `transformers` models (pretrained, or built from a config and
+trained here), token-level and hidden-state loss terms, on-policy and sequence-level batches, and a
+report of perplexity, next-token agreement with the teacher and sampled continuations.
+
+Config (`distill-lm`, configs/lm.yaml): `lm_data`, `lm_teacher` (one; `fit: null` uses a pretrained
+teacher as it is), `lm_student` (`model`, `fit`: the recipe of the student alone and distilled),
+`lm_distill`, `lm_weight`, `on_policy_fraction`, `sequence_kd_fraction`, `generation`, `samples`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+
+from distill.assembly import build
+from distill.atomic import write_text
+from distill.checkpoints import save_model
+from distill.compress.base import StageContext
+from distill.compress.deploy import onnx_run, onnx_session
+from distill.errors import DistillError
+from distill.fingerprint import folder_fingerprint
+from distill.llm.models import (
+    LogitsOnly,
+    check_positions,
+    check_precision,
+    check_pretrained_source,
+    check_vocabularies,
+    float32_trainable,
+)
+from distill.llm.module import LMDistillationModule, teacher_choice, token_stats
+from distill.tasks.base import ModelSpec, RunContext, StudentSpec, Task
+from distill.validate import check_lm_config
+
+log = logging.getLogger(__name__)
+
+
+def build_lm(node: DictConfig, what: str, vocab_size: int, seed: int, trained: bool = True) -> nn.Module:
+    """The model of `node`; one that will train (`trained`) keeps its trainable weights in float32."""
+    torch.manual_seed(seed)
+    model = build(node, what, vocab_size=vocab_size)
+    if not isinstance(model, nn.Module):
+        raise DistillError(f"{what}: _target_ {node.get('_target_')} did not give an nn.Module")
+    return float32_trainable(model) if trained else model
+
+
+def model_files(node: DictConfig) -> dict[str, str]:
+    """For a model loaded from a local folder, a fingerprint of the folder's files (for cache keys)."""
+    pretrained = node.get("pretrained")
+    if pretrained and Path(str(pretrained)).expanduser().is_dir():
+        return {"model_files": folder_fingerprint(Path(str(pretrained)).expanduser())}
+    return {}
+
+
+@torch.no_grad()
+def teacher_choices(teachers: dict[str, nn.Module], loader: Any) -> list[Tensor] | None:
+    """The teachers' next-token choice at every position of every batch of `loader`: computed once, then
+    compared with each model's."""
+    if not teachers:
+        return None
+    choices = []
+    for batch in loader:
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
+        choices.append(teacher_choice({n: t.eval()(**inputs) for n, t in teachers.items()}))
+    return choices
+
+
+@torch.no_grad()
+def evaluate(model: Any, loader: Any, choices: list[Tensor] | None = None) -> dict[str, float]:
+    """Perplexity (exp of the mean next-token NLL over labelled tokens) and, given the teachers' `choices`
+    for the same loader, agreement with them.
+
+    `model` is a causal LM or an ONNX Runtime session of `LogitsOnly` (input_ids -> logits).
+    """
+    totals = {"nll": 0.0, "tokens": 0.0, "agree": 0.0}
+    for i, batch in enumerate(loader):
+        if isinstance(model, nn.Module):
+            model.eval()
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        else:
+            logits = torch.from_numpy(onnx_run(model, batch["input_ids"]))
+        for k, v in token_stats(logits, batch["labels"], choices[i] if choices else None).items():
+            totals[k] += v
+    tokens = max(totals["tokens"], 1.0)
+    metrics = {"perplexity": float(torch.tensor(totals["nll"] / tokens).exp()), "tokens": int(totals["tokens"])}
+    if choices:
+        metrics["agreement"] = totals["agree"] / tokens
+    return metrics
+
+
+@torch.no_grad()
+def samples(model: nn.Module, dm: Any, cfg: DictConfig) -> list[dict[str, str]]:
+    """A few sampled continuations of test prompts: what the report shows of each model's text."""
+    n, prompt_len, new = cfg.samples.count, cfg.samples.prompt_len, cfg.samples.max_new_tokens
+    if not n:
+        return []
+    ids, mask = dm.prompts("test", n, prompt_len)
+    torch.manual_seed(cfg.seed)
+    out = model.eval().generate(
+        input_ids=ids, attention_mask=mask, max_new_tokens=new, do_sample=True, top_k=cfg.samples.top_k,
+        temperature=cfg.samples.temperature, pad_token_id=dm.pad_token_id, eos_token_id=dm.eos_token_id,
+        use_cache=True,
+    )  # fmt: skip
+    return [{"prompt": dm.decode(ids[i]), "continuation": dm.decode(out[i, ids.shape[1] :])} for i in range(len(ids))]
+
+
+class CausalLMTask(Task):
+    """A causal LM teacher (trained here and cached, or pretrained) and student, distilled token by token."""
+
+    terms_group = "lm_distill"
+    monitor = ("val/ppl", "min")
+    cache_prefix = "lm-"
+    probe_copies_teachers = False  # no hooks: a pretrained teacher is not copied (it may be billions of weights)
+    count_flops = False
+    report_trainable = True
+    weights_folder = None  # counted in memory: a pretrained teacher is not written into every run folder
+
+    def check_config(self, cfg: DictConfig) -> None:
+        check_lm_config(cfg)
+        check_precision(cfg.trainer.get("precision"))
+        for group in ("lm_teacher", "lm_student"):  # every pretrained model can be found, before any text is read
+            node = (cfg.get(group) or {}).get("model") or {}
+            if node.get("pretrained"):
+                check_pretrained_source(
+                    str(node.pretrained), bool(node.get("local_files_only", True)), f"{group}.model.pretrained"
+                )
+
+    def data_config(self, cfg: DictConfig) -> DictConfig:
+        return cfg.lm_data
+
+    def build_data(self, cfg: DictConfig) -> Any:
+        dm = build(cfg.lm_data, "lm_data")
+        dm.prepare_data()
+        dm.setup("fit")
+        log.info("Text: %s", dm.describe())
+        return dm
+
+    def teachers(self, cfg: DictConfig) -> dict[str, ModelSpec]:
+        tcfg = cfg.get("lm_teacher")
+        if not tcfg:
+            return {}
+        return {tcfg.name: ModelSpec(tcfg.model, tcfg.get("fit"), source=f"pretrained {tcfg.model.get('pretrained')}")}
+
+    def student(self, cfg: DictConfig) -> StudentSpec:
+        return StudentSpec(cfg.lm_student.model, cfg.lm_student.fit, cfg.lm_student.fit)
+
+    def build_model(self, node: DictConfig, what: str, seed: int, dm: Any, trains: bool) -> nn.Module:
+        return build_lm(node, what, dm.vocab_size, seed, trained=trains)
+
+    def check_models(self, cfg: DictConfig, dm: Any, student: nn.Module, teachers: dict[str, nn.Module]) -> None:
+        check_vocabularies(student, teachers, dm.vocab_size)
+        lengths = {f"lm_data.seq_len={dm.seq_len}": dm.seq_len}
+        if cfg.samples.count:
+            prompt = min(cfg.samples.prompt_len or dm.seq_len, dm.seq_len)
+            new = cfg.samples.max_new_tokens
+            lengths[f"samples.prompt_len + samples.max_new_tokens = {prompt} + {new}"] = prompt + new
+        models = {"student": student, **({"teacher": next(iter(teachers.values()))} if teachers else {})}
+        check_positions(models, lengths)
+
+    def cache_extra(self, dm: Any, node: DictConfig) -> dict[str, Any]:
+        return {"vocab_size": dm.vocab_size, **model_files(node)}
+
+    def module(self, cfg, model, fit, dm, stage, teachers=None, terms=None):  # noqa: ANN001, ANN201 - see Task
+        gen, teachers = cfg.generation, teachers or {}
+        return LMDistillationModule(
+            model, teachers, terms or {}, optimizer=build(fit.optimizer, f"{stage} optimizer"),
+            lm_weight=1.0 if terms is None else cfg.lm_weight,
+            scheduler=build(fit.scheduler, f"{stage} scheduler") if fit.get("scheduler") else None,
+            on_policy_fraction=cfg.on_policy_fraction if teachers else 0.0,
+            sequence_kd_fraction=cfg.sequence_kd_fraction if teachers else 0.0,
+            prompt_len=gen.prompt_len, generation_temperature=gen.temperature, seed=cfg.seed, prefix=stage,
+            pad_token_id=dm.pad_token_id, eos_token_id=dm.eos_token_id,
+        )  # fmt: skip
+
+    def train_loader(self, dm: Any, fit: DictConfig, role: str) -> Any:
+        return dm.train_dataloader(fit.get("batch_size"), fit.get("train_fraction"))
+
+    def prepare_module(self, module: Any, loader: Any) -> None:
+        module.probe(next(iter(loader)))  # the terms' parameters (hidden-state projections), before the optimiser
+
+    def save_student(self, path: Path, student: nn.Module, cfg: DictConfig, dm: Any) -> None:
+        net = OmegaConf.to_container(cfg.lm_student.model, resolve=True)
+        save_model(path, student, net=net, vocab_size=dm.vocab_size)
+
+    def stage_context(self, dm: Any, out_dir: Path, redistill: Any) -> StageContext:
+        example = dm.tensors["val"]["input_ids"][:4]
+        calibration = [dm.tensors["train"]["input_ids"][i : i + 8] for i in range(0, 64, 8)]
+        return StageContext(example, calibration, out_dir, dm.vocab_size, redistill)
+
+    def stage_input(self, student: nn.Module) -> nn.Module:
+        return LogitsOnly(student).eval()  # input_ids -> logits: what ONNX export and int8 take
+
+    def evaluate(self, models: dict[str, nn.Module | Path], dm: Any, teacher_names: list[str]) -> dict[str, dict]:
+        """Test perplexity and next-token agreement with the teacher (its choices computed once), and validation
+        perplexity."""
+        teachers = {n: m for n, m in models.items() if n in teacher_names and isinstance(m, nn.Module)}
+        choices = teacher_choices(teachers, dm.test_dataloader())
+        metrics = {}
+        for name, model in models.items():
+            runner = onnx_session(model) if isinstance(model, Path) else model
+            if isinstance(runner, LogitsOnly):
+                runner = runner.model
+            metrics[name] = evaluate(runner, dm.test_dataloader(), None if name in teacher_names else choices)
+            metrics[name]["val_perplexity"] = evaluate(runner, dm.val_dataloader())["perplexity"]
+        return metrics
+
+    def example_input(self, dm: Any) -> Tensor:
+        return dm.tensors["test"]["input_ids"][:1]
+
+    def runner(self, model: nn.Module) -> nn.Module:
+        return model if isinstance(model, LogitsOnly) else LogitsOnly(model)
+
+    def summary(self, rows: list[dict[str, Any]]) -> dict[str, float]:
+        by_role = {r["role"]: r for r in rows if r["role"] in ("baseline", "student")}
+        teachers = [r for r in rows if r["role"] == "teacher"]
+        if not teachers or len(by_role) < 2:
+            return {}
+        t, b, s = teachers[0]["perplexity"], by_role["baseline"]["perplexity"], by_role["student"]["perplexity"]
+        summary = {"baseline_minus_student_perplexity": b - s}
+        if b > t:
+            summary["perplexity_gap_closed"] = (b - s) / (b - t)
+        return summary
+
+    def report_extra(self, context: RunContext) -> dict[str, Any]:
+        cfg, dm, out = context.cfg, context.dm, context.out
+        fit = cfg.lm_student.fit
+        train_tokens = dm.num_tokens("train", fit.get("train_fraction"))
+        student_row = next(r for r in context.rows if r["model"] == "student")
+        extra = {
+            "student_val_perplexity": student_row["val_perplexity"],
+            "distill_tokens_per_second": fit.epochs * train_tokens / context.seconds,
+            "student_train_tokens": train_tokens,
+            "generated_batches": dict(context.module.generated_batches),
+            "samples": {name: samples(m, dm, cfg) for name, m in context.models.items()},
+        }
+        lines = [f"## {name}\n" + "\n".join(f"- **{s['prompt']!r}** → {s['continuation']!r}" for s in got)
+                 for name, got in extra["samples"].items()]  # fmt: skip
+        write_text(out / "samples.md", "# Sampled continuations of test prompts\n\n" + "\n\n".join(lines) + "\n")
+        for logger in context.loggers:
+            if type(logger).__name__ == "WandbLogger":
+                rows = [[n, s["prompt"], s["continuation"]] for n, got in extra["samples"].items() for s in got]
+                logger.log_text(key="samples", columns=["model", "prompt", "continuation"], data=rows)
+        return extra
