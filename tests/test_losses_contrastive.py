@@ -273,12 +273,12 @@ def test_as_many_negatives_as_samples_is_refused() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"embed_dim": 0}, "embed_dim must be a positive integer, got 0"),
-        ({"num_negatives": -3}, "num_negatives must be a positive integer, got -3"),
+        ({"embed_dim": 0}, "embed_dim must be an integer >= 1, got 0"),
+        ({"num_negatives": -3}, "num_negatives must be an integer >= 1, got -3"),
         ({"nce_temperature": 0.0}, "nce_temperature must be a positive number, got 0.0"),
         ({"nce_temperature": float("nan")}, "nce_temperature must be a positive number, got nan"),
-        ({"momentum": 1.0}, r"momentum must be in \[0, 1\), got 1.0"),
-        ({"momentum": -0.1}, r"momentum must be in \[0, 1\), got -0.1"),
+        ({"momentum": 1.0}, r"momentum must be a number in \[0, 1\), got 1.0"),
+        ({"momentum": -0.1}, r"momentum must be a number in \[0, 1\), got -0.1"),
     ],
 )
 def test_bad_hyperparameters_are_refused(kwargs: dict, message: str) -> None:

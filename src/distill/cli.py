@@ -391,13 +391,15 @@ def check_added_keys(cfg: Any, overrides: list[str] | None = None) -> None:
         hydra_cfg = HydraConfig.get()
         overrides = list(hydra_cfg.overrides.task)
         groups = set(hydra_cfg.runtime.choices.keys())
+        folders = [str(src.path) for src in hydra_cfg.runtime.config_sources if src.schema == "file"]
     else:
-        groups = set()
+        groups, folders = set(), []
     for override in OverridesParser.create().parse_overrides(overrides):
         if not (override.is_add() or override.is_force_add()) or override.package is not None:
             continue
         key = override.key_or_group
-        if key.startswith("hydra.") or key == "hydra" or key in groups or Path(CONFIG_DIR, key).is_dir():
+        is_group = key in groups or any(Path(folder, key).is_dir() for folder in [CONFIG_DIR, *folders])
+        if key.startswith("hydra.") or key == "hydra" or is_group:
             continue
         parent_path, _, name = key.rpartition(".")
         parent = OmegaConf.select(cfg, parent_path, throw_on_missing=False) if parent_path else cfg

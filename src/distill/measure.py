@@ -144,7 +144,9 @@ def size_and_speed(
         "bytes": Path(model).stat().st_size,
     }
     for batch in report.latency_batch_sizes:
-        row[f"latency_ms_batch_{batch}"] = deploy.onnx_latency_ms(session, example, batch, repeats=report.latency_repeats)
+        row[f"latency_ms_batch_{batch}"] = deploy.onnx_latency_ms(
+            session, example, batch, repeats=report.latency_repeats
+        )
     if flops:
         row["flops"] = None
     row["artifact"] = str(model)

@@ -265,9 +265,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         task.save_student(out / "student.ckpt", student, cfg, dm)
 
     # 5. Compression stages, in the order listed (on every rank: recovery stages train together).
-    compressed, infos, failure = (
-        compress(job, student, teachers, spec.fit, stages, out) if stages else ({}, {}, None)
-    )
+    compressed, infos, failure = compress(job, student, teachers, spec.fit, stages, out) if stages else ({}, {}, None)
     if not distributed.is_global_zero():
         return {}
 
@@ -289,4 +287,3 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                             summary=task.summary(rows))  # fmt: skip
     mark_continued(cfg.get("resume_dir"), out)
     return report
-

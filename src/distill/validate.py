@@ -57,6 +57,8 @@ def number(
     hi = "" if high is None else f"{high:g}" + (")" if high_open else "]")
     if lo and hi:
         wanted = f"a number in {lo}, {hi}"
+    elif lo and low == 0 and low_open:
+        wanted = "a positive number"
     elif lo:
         wanted = f"a number {'>' if low_open else '>='} {low:g}"
     elif hi:

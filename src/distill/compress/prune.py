@@ -13,6 +13,7 @@ from torch.nn.utils import prune
 from distill.compress.base import StageContext, StageResult
 from distill.errors import DistillError
 from distill.measure import count_parameters
+from distill.validate import number
 
 
 def _as_str_tuple(value: object, what: str) -> tuple[str, ...]:
@@ -28,12 +29,6 @@ def _as_str_tuple(value: object, what: str) -> tuple[str, ...]:
     return items
 
 
-def _check_fraction(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
-        raise DistillError(f"{name} must be a number strictly between 0 and 1, got {value!r}")
-    return float(value)
-
-
 class MagnitudePrune:
     """Global unstructured L1 pruning of the weights of every module of the listed types, made permanent.
 
@@ -42,7 +37,7 @@ class MagnitudePrune:
     """
 
     def __init__(self, amount: float = 0.5, layers: Sequence[str] = ("Linear", "Conv1d", "Conv2d")) -> None:
-        self.amount = _check_fraction(amount, "MagnitudePrune amount")
+        self.amount = number(amount, "MagnitudePrune amount", low=0, high=1, low_open=True, high_open=True)
         self.layers = _as_str_tuple(layers, "MagnitudePrune layers")
         if not self.layers:
             raise DistillError("MagnitudePrune layers must name at least one module type, e.g. ['Linear']")
@@ -104,7 +99,7 @@ class StructuredPrune:
     """
 
     def __init__(self, ratio: float = 0.5, ignore: Sequence[str] = ()) -> None:
-        self.ratio = _check_fraction(ratio, "StructuredPrune ratio")
+        self.ratio = number(ratio, "StructuredPrune ratio", low=0, high=1, low_open=True, high_open=True)
         self.ignore = _as_str_tuple(ignore, "StructuredPrune ignore")
 
     def apply(self, model: nn.Module, ctx: StageContext) -> StageResult:

@@ -9,6 +9,7 @@ from torch import nn
 
 from distill.compress.base import StageContext, StageResult
 from distill.errors import DistillError
+from distill.validate import integer, number
 
 
 class Recover:
@@ -19,10 +20,8 @@ class Recover:
     """
 
     def __init__(self, epochs: int = 30, lr: float = 0.01) -> None:
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-            raise DistillError(f"recover: epochs must be a positive integer, got {epochs!r}")
-        if not (isinstance(lr, (int, float)) and lr > 0):
-            raise DistillError(f"recover: lr must be a positive number, got {lr!r}")
+        integer(epochs, "recover: epochs", minimum=1)
+        number(lr, "recover: lr", low=0, low_open=True)
         self.epochs, self.lr = epochs, float(lr)
 
     def apply(self, model: object, ctx: StageContext) -> StageResult:

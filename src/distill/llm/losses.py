@@ -32,6 +32,7 @@ from torch import Tensor
 
 from distill.errors import DistillError
 from distill.losses.base import LossTerm, StepView
+from distill.validate import number
 
 IGNORE_INDEX = -100  # label of a position that no loss counts (prompt, padding)
 
@@ -39,26 +40,16 @@ IGNORE_INDEX = -100  # label of a position that no loss counts (prompt, padding)
 # -- validation ---------------------------------------------------------------------------------
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _check_temperature(owner: str, value: object) -> float:
-    if not _is_number(value) or value <= 0:
-        raise DistillError(f"{owner}: temperature must be a positive number, got {value!r}")
-    return float(value)
+    return number(value, f"{owner}: temperature", low=0, low_open=True)
 
 
 def _check_beta(owner: str, value: object) -> float:
-    if not _is_number(value) or not 0 <= value <= 1:
-        raise DistillError(f"{owner}: beta must be a number in [0, 1], got {value!r}")
-    return float(value)
+    return number(value, f"{owner}: beta", low=0, high=1)
 
 
 def _check_alpha(owner: str, value: object) -> float:
-    if not _is_number(value) or not 0 <= value < 1:
-        raise DistillError(f"{owner}: alpha must be a number in [0, 1), got {value!r}")
-    return float(value)
+    return number(value, f"{owner}: alpha", low=0, high=1, high_open=True)
 
 
 def _check_shapes(owner: str, student_logits: Tensor, teacher_logits: Tensor | None, labels: Tensor) -> None:

@@ -49,6 +49,7 @@ from torch import Tensor, nn
 
 from distill.errors import DistillError
 from distill.losses.base import LossTerm, StepView
+from distill.validate import integer, number
 
 
 def nce_loss(pos: Tensor, neg: Tensor, num_samples: int) -> Tensor:
@@ -97,21 +98,15 @@ class CRDLoss(LossTerm):
     ) -> None:
         super().__init__(weight)
         for name, value in (("embed_dim", embed_dim), ("num_negatives", num_negatives)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise DistillError(f"CRD: {name} must be a positive integer, got {value}")
-        if not (isinstance(nce_temperature, (int, float)) and math.isfinite(nce_temperature) and nce_temperature > 0):
-            raise DistillError(f"CRD: nce_temperature must be a positive number, got {nce_temperature}")
-        if not (isinstance(momentum, (int, float)) and 0 <= momentum < 1):
-            raise DistillError(f"CRD: momentum must be in [0, 1), got {momentum}")
+            integer(value, f"CRD: {name}", minimum=1)
+        number(nce_temperature, "CRD: nce_temperature", low=0, low_open=True)
+        number(momentum, "CRD: momentum", low=0, high=1, high_open=True)
         self.student_layers, self.teacher_layers = (student_layer,), (teacher_layer,)
         self.teacher = teacher
         self.embed_dim, self.num_negatives = embed_dim, num_negatives
         self.nce_temperature, self.momentum = float(nce_temperature), float(momentum)
         self.share_negatives = share_negatives
-        if max_samples is not None and (
-            isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1
-        ):
-            raise DistillError(f"CRD: max_samples must be a positive integer or null, got {max_samples!r}")
+        integer(max_samples, "CRD: max_samples", minimum=1, allow_none=True)
         # The contrast uses the first max_samples rows of each (shuffled) batch; the memory banks
         # take every row. Its cost is max_samples x num_negatives per direction, so large student
         # batches stay affordable (the paper trains with batches of 64).

@@ -15,14 +15,7 @@ from torch import Tensor
 
 from distill.errors import DistillError
 from distill.losses.base import LossTerm, StepView
-
-
-def _number(value: object, name: str, where: str, positive: bool = False) -> float:
-    """`value` as a float, checked finite and >= 0 (> 0 when `positive`)."""
-    bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-    if bad or value < 0 or (positive and value == 0):
-        raise DistillError(f"{where}: {name} must be a finite number {'>' if positive else '>='} 0, got {value!r}")
-    return float(value)
+from distill.validate import integer, number
 
 
 class RelationLoss(LossTerm):
@@ -45,13 +38,7 @@ class RelationLoss(LossTerm):
         super().__init__(weight)
         self.student_layers, self.teacher_layers = (student_layer,), (teacher_layer,)
         self.teacher = teacher
-        if max_samples is not None and (
-            isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 2
-        ):
-            raise DistillError(
-                f"{type(self).__name__}: max_samples must be an integer >= 2 or null, got {max_samples!r}"
-            )
-        self.max_samples = max_samples
+        self.max_samples = integer(max_samples, f"{type(self).__name__}: max_samples", minimum=2, allow_none=True)
 
     def embeddings(self, view: StepView) -> tuple[Tensor, Tensor]:
         s, t = self.feature_pair(view)
@@ -118,8 +105,8 @@ class RKDLoss(RelationLoss):
         max_samples: int | None = 64,
     ) -> None:
         super().__init__(student_layer, teacher_layer, teacher, weight, max_samples)
-        self.distance_weight = _number(distance_weight, "distance_weight", "rkd")
-        self.angle_weight = _number(angle_weight, "angle_weight", "rkd")
+        self.distance_weight = number(distance_weight, "rkd: distance_weight", low=0)
+        self.angle_weight = number(angle_weight, "rkd: angle_weight", low=0)
         if self.distance_weight == 0 and self.angle_weight == 0:
             raise DistillError("rkd: distance_weight and angle_weight are both 0, so the term would always be 0")
 
@@ -184,7 +171,7 @@ class PKTLoss(RelationLoss):
         max_samples: int | None = 512,
     ) -> None:
         super().__init__(student_layer, teacher_layer, teacher, weight, max_samples)
-        self.eps = _number(eps, "eps", "pkt", positive=True)
+        self.eps = number(eps, "pkt: eps", low=0, low_open=True)
 
     def forward(self, view: StepView) -> Tensor:
         return pkt_loss(*self.embeddings(view), eps=self.eps)
@@ -225,10 +212,8 @@ class CCLoss(RelationLoss):
         max_samples: int | None = 512,
     ) -> None:
         super().__init__(student_layer, teacher_layer, teacher, weight, max_samples)
-        self.gamma = _number(gamma, "gamma", "cc", positive=True)
-        if isinstance(order, bool) or not isinstance(order, int) or order < 1:
-            raise DistillError(f"cc: order (the Taylor order P) must be an integer >= 1, got {order!r}")
-        self.order = order
+        self.gamma = number(gamma, "cc: gamma", low=0, low_open=True)
+        self.order = integer(order, "cc: order (the Taylor order P)", minimum=1)
 
     def forward(self, view: StepView) -> Tensor:
         s, t = self.embeddings(view)

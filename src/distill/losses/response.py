@@ -11,6 +11,7 @@ from torch import Tensor
 from distill.data.base import UNLABELLED
 from distill.errors import DistillError
 from distill.losses.base import LossTerm, StepView
+from distill.validate import boolean, number
 
 
 class HardLabelLoss(LossTerm):
@@ -33,21 +34,6 @@ class HardLabelLoss(LossTerm):
             label_smoothing=self.label_smoothing,
         )
         return total / (view.targets != UNLABELLED).sum().clamp(min=1)
-
-
-def _check_number(owner: str, name: str, value: object, *, positive: bool) -> float:
-    """`value` as a float if it is a finite number > 0 (`positive`) or >= 0; a one-line DistillError otherwise."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or (value <= 0 if positive else value < 0):
-        wanted = "a positive number" if positive else "a number >= 0"
-        raise DistillError(f"{owner} {name} must be {wanted}, got {value!r}")
-    return float(value)
-
-
-def _check_flag(owner: str, name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise DistillError(f"{owner} {name} must be true or false, got {value!r}")
-    return value
 
 
 def standardize(logits: Tensor, eps: float = 1e-7) -> Tensor:
@@ -122,8 +108,8 @@ class KDLoss(LossTerm):
 
     def __init__(self, weight: float = 1.0, temperature: float = 4.0, standardize: bool = False) -> None:
         super().__init__(weight)
-        self.temperature = _check_number("KD", "temperature", temperature, positive=True)
-        self.standardize = _check_flag("KD", "standardize", standardize)
+        self.temperature = number(temperature, "KD temperature", low=0, low_open=True)
+        self.standardize = boolean(standardize, "KD standardize")
 
     def forward(self, view: StepView) -> Tensor:
         t = self.temperature
@@ -179,11 +165,11 @@ class DKDLoss(LossTerm):
         standardize: bool = False,
     ) -> None:
         super().__init__(weight)
-        self.alpha = _check_number("DKD", "alpha", alpha, positive=False)
-        self.beta = _check_number("DKD", "beta", beta, positive=False)
-        self.temperature = _check_number("DKD", "temperature", temperature, positive=True)
-        self.warmup_epochs = _check_number("DKD", "warmup_epochs", warmup_epochs, positive=False)
-        self.standardize = _check_flag("DKD", "standardize", standardize)
+        self.alpha = number(alpha, "DKD alpha", low=0)
+        self.beta = number(beta, "DKD beta", low=0)
+        self.temperature = number(temperature, "DKD temperature", low=0, low_open=True)
+        self.warmup_epochs = number(warmup_epochs, "DKD warmup_epochs", low=0)
+        self.standardize = boolean(standardize, "DKD standardize")
 
     @staticmethod
     def _check_classes(num_classes: int) -> None:
@@ -229,9 +215,9 @@ class DISTLoss(LossTerm):
 
     def __init__(self, weight: float = 1.0, beta: float = 1.0, gamma: float = 1.0, temperature: float = 1.0) -> None:
         super().__init__(weight)
-        self.beta = _check_number("DIST", "beta", beta, positive=False)
-        self.gamma = _check_number("DIST", "gamma", gamma, positive=False)
-        self.temperature = _check_number("DIST", "temperature", temperature, positive=True)
+        self.beta = number(beta, "DIST beta", low=0)
+        self.gamma = number(gamma, "DIST gamma", low=0)
+        self.temperature = number(temperature, "DIST temperature", low=0, low_open=True)
 
     def forward(self, view: StepView) -> Tensor:
         t = self.temperature

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -11,6 +9,7 @@ from distill.data.base import UNLABELLED
 from distill.errors import DistillError
 from distill.losses.base import LossTerm, StepView
 from distill.losses.response import kd_loss
+from distill.validate import number
 
 
 class AuxiliaryHeadsLoss(LossTerm):
@@ -37,10 +36,8 @@ class AuxiliaryHeadsLoss(LossTerm):
         super().__init__(weight)
         if not layers:
             raise DistillError("self-distillation needs at least one shallow layer for an auxiliary head")
-        if not 0 <= alpha <= 1:
-            raise DistillError(f"self-distillation alpha must be in [0, 1], got {alpha}")
-        if not (math.isfinite(temperature) and temperature > 0):
-            raise DistillError(f"self-distillation temperature must be a positive number, got {temperature}")
+        number(alpha, "self-distillation alpha", low=0, high=1)
+        number(temperature, "self-distillation temperature", low=0, low_open=True)
         self.student_layers = (*layers, deepest_layer)
         self.alpha, self.temperature, self.feature_weight = alpha, float(temperature), feature_weight
         self.bottlenecks = nn.ModuleList()

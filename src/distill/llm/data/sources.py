@@ -59,8 +59,8 @@ class Pair:
         return len(self.prompt) + len(self.completion)
 
 
-class SourcesMixin:
-    """`TextDataModule`'s reading of its source and splitting of the text, from the settings it holds."""
+class TextSettings:
+    """The settings of `TextDataModule` its mixins read (annotations only: the module sets them)."""
 
     source: str
     paths: list[str] | None
@@ -74,6 +74,11 @@ class SourcesMixin:
     seed: int
     cache_dir: Path
     corpus_stats: dict[str, Any]
+
+
+class SourcesMixin(TextSettings):
+    """`TextDataModule`'s reading of its source and splitting of the text, from the settings it holds."""
+
     pairs: bool
 
     def _load_splits(self) -> dict[str, list]:

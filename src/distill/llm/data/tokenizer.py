@@ -15,28 +15,16 @@ from typing import Any
 from distill.atomic import remove_stale_temporaries, write_text
 from distill.errors import DistillError
 from distill.fingerprint import digest_text
-from distill.llm.data.sources import Document
+from distill.llm.data.sources import Document, TextSettings
 
 log = logging.getLogger("distill.llm.data")  # one logger for the whole package
 
 PAD_TOKEN, EOS_TOKEN = "<|pad|>", "<|endoftext|>"
 
 
-class TokenizerMixin:
+class TokenizerMixin(TextSettings):
     """`TextDataModule`'s tokenizer: loading or training it, its cache key and digest, encoding."""
 
-    source: str
-    paths: list[str] | None
-    hf_format: str | None
-    text_field: str
-    prompt_field: str | None
-    completion_field: str | None
-    val_fraction: float
-    test_fraction: float
-    max_chars: int | None
-    seed: int
-    cache_dir: Path
-    corpus_stats: dict[str, Any]
     tokenizer_name: str
     requested_vocab_size: int
     tokenizer_path: Path | None
