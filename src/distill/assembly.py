@@ -77,7 +77,27 @@ def build(node: DictConfig, what: str, **kwargs: Any) -> Any:
             cause = cause.__cause__ or cause.__context__
         if cause is not None:
             raise cause from None
-        raise DistillError(f"cannot build {what}: {instantiation_message(err)}") from None
+        message = instantiation_message(err)
+        raise DistillError(f"cannot build {what}: {message}{build_hint(node, message)}") from None
+
+
+def build_hint(node: Any, message: str) -> str:
+    """What to do about a failed instantiation, where the message alone leaves it to guesswork."""
+    from distill.cli import import_hint
+
+    target = str(node.get("_target_", "")) if isinstance(node, DictConfig) else ""
+    unexpected = re.search(r"unexpected keyword argument '(\w+)'", message)
+    if unexpected and isinstance(node, DictConfig):
+        key = unexpected.group(1)
+        path = node._get_full_key(key) if node._get_parent() is not None else key
+        return (
+            f"; the config key '{path}' is not an argument of {target}: a key inherited from the config this "
+            f"one extends? Drop it with '~{path}' on the command line, or spell the whole node in your own file"
+        )
+    if target and ("Error loading" in message or "Error locating target" in message):
+        hint = import_hint(target)
+        return f"; {hint}" if hint else ""
+    return ""
 
 
 def build_net(node: DictConfig, what: str, seed: int, dm: Any = None) -> nn.Module:

@@ -40,7 +40,7 @@ from distill.model_cache import cached_model, source_of
 from distill.report import publish_report
 from distill.resume import mark_continued
 from distill.runtime import prepare_run
-from distill.tasks.base import CompressionStage, DataModule, RunContext, Task, check_contract
+from distill.tasks.base import Batches, CompressionStage, DataModule, RunContext, Task, check_contract
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class Job:
         """Fit `model` with the `fit` recipe: on the data alone, or distilled from `teachers` by `terms`."""
         task, dm = self.task, self.dm
         module = task.module(self.cfg, model, fit, dm, stage, teachers, terms)
-        loader = task.train_loader(dm, fit, role)
+        loader = check_contract(task.train_loader(dm, fit, role), Batches, f"{stage} training batches")
         task.prepare_module(module, loader)
         trainer = make_trainer(self.cfg, stage, fit.epochs, self.loggers, fit=fit, monitor=task.monitor)
         trainer.callbacks.extend(self.callbacks)

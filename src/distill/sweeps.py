@@ -29,7 +29,7 @@ def job_row(job_dir: Path) -> dict[str, Any]:
         return row
     report = json.loads(report_file.read_text())
     models = {m["model"]: m for m in report.get("models", [])}
-    teachers = [m["accuracy"] for name, m in models.items() if name.startswith("teacher:")]
+    teachers = [m["accuracy"] for name, m in models.items() if m.get("role", name.split(":")[0]) == "teacher"]
     row.update(
         {
             "status": f"compression failed at {report['failed']['stage']}" if report.get("failed") else "ok",
@@ -40,7 +40,7 @@ def job_row(job_dir: Path) -> dict[str, Any]:
             "gap_closed": report.get("summary", {}).get("gap_closed"),
         }
     )
-    compressed = [name for name in models if name.startswith("compress:")]
+    compressed = [name for name, m in models.items() if m.get("role", name.split(":")[0]) in ("compressed", "compress")]
     if compressed:
         final = models[compressed[-1]]
         row.update({"final_stage": compressed[-1], "final_accuracy": final["accuracy"], "final_bytes": final["bytes"]})
