@@ -1,10 +1,16 @@
-"""Shared helpers: composing the project's configs and a tiny, fast version of the main job."""
+"""Shared helpers: composing the project's configs, a tiny, fast version of the main job, running the
+command line, the SLURM cluster of the SLURM tests, and skipping `gpu` tests without CUDA.
+(Small objects the unit tests build: tests/builders.py.)"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,6 +48,47 @@ def tiny_job(tmp_path: Path, *extra: str) -> list[str]:
     ]
 
 
+def vision_job(tmp_path: Path, *extra: str) -> list[str]:
+    """Overrides for a short run of experiment=cifar_quick (ResNet-20 -> ResNet-8) on 400 CIFAR-shaped images."""
+    return [
+        "experiment=cifar_quick",
+        "data.num_train=400",
+        "data.num_test=200",
+        "data.val_size=100",
+        "data.batch_size=64",
+        "teacher=[resnet20]",
+        "teacher.resnet20.fit.epochs=2",
+        "teacher.resnet20.fit.batch_size=64",
+        "student.fit.epochs=2",
+        "student.fit.batch_size=64",
+        "student.baseline.epochs=2",
+        "student.baseline.batch_size=64",
+        "report.latency_repeats=2",
+        "report.latency_batch_sizes=[1,8]",
+        f"paths.root_dir={tmp_path}",
+        f"paths.output_dir={tmp_path}/run",
+        "callbacks.progress_bar.refresh_rate=0",
+        *extra,
+    ]
+
+
+# vision_job's extra overrides for a recipe that learns: 2,000 images, 4 epochs, lr x0.1 after the third.
+CIFAR_SHORT_RECIPE = [
+    "data.num_train=2000",
+    "teacher.resnet20.fit.epochs=4",
+    "student.fit.epochs=4",
+    "student.baseline.epochs=4",
+    "teacher.resnet20.fit.scheduler.milestones=[3]",
+    "student.fit.scheduler.milestones=[3]",
+    "student.baseline.scheduler.milestones=[3]",
+]
+
+
+def cli_job(tmp_path: Path, *extra: str) -> list[str]:
+    """tiny_job for the command line: the run folder left to Hydra (logs/train/runs/<time>_<job id>)."""
+    return [a for a in tiny_job(tmp_path) if not a.startswith("paths.output_dir")] + list(extra)
+
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -61,6 +108,113 @@ def run_cli(
     )
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` are skipped where CUDA is not available."""
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if gpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            for item in gpu:
+                item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (run `pytest -m gpu` on a GPU machine)"))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_unless_slow(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The fast tests run torch on one thread: their tensors are small, and on a machine whose cores are
+    busy with other work, several threads wait on each other at every op (tens of times slower)."""
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def tiny_cfg(tmp_path: Path) -> DictConfig:
     return compose_config(tiny_job(tmp_path))
+
+
+# -- the SLURM cluster of the SLURM tests -----------------------------------------------------------
+
+SLURM_SCRIPT = REPO / "scripts" / "slurm_cluster.sh"
+SLURM_STATE = Path(os.environ.get("TMPDIR", "/tmp")) / "distill-slurm-tests"
+
+
+def slurm_answers() -> bool:
+    """Whether a SLURM controller answers (the one SLURM_CONF, or else /etc/slurm/slurm.conf, names)."""
+    try:
+        return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def own_slurm_alive(state: Path = SLURM_STATE) -> bool:
+    """Whether a daemon that scripts/slurm_cluster.sh started in `state` (the tests' cluster) is alive."""
+    for name in ("slurmctld.pid", "slurmd.pid"):
+        try:
+            pid = int((state / name).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if Path(f"/proc/{pid}").is_dir():
+            return True
+    return False
+
+
+def slurm_script(command: str) -> None:
+    """scripts/slurm_cluster.sh COMMAND SLURM_STATE; a failed start raises."""
+    subprocess.run([str(SLURM_SCRIPT), command, str(SLURM_STATE)], check=command == "start", timeout=180)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")  # pytest stops and still runs the fixtures' teardown
+
+
+@contextlib.contextmanager
+def slurm_cluster_for_tests() -> Iterator[None]:
+    """A SLURM cluster that answers, for the duration of the block.
+
+    A cluster the caller named with SLURM_CONF (.ci/run, which stops it on exit), or another one of
+    this machine's, is used and left running. Otherwise the tests' own cluster (SLURM_STATE) is
+    started, or taken over when an earlier session left it running, and stopped on the way out:
+    also when its start fails half-way, when a test fails, and when pytest gets SIGTERM (`timeout`).
+    """
+    if slurm_answers() and ("SLURM_CONF" in os.environ or not own_slurm_alive()):
+        yield
+        return
+    conf, on_term = os.environ.get("SLURM_CONF"), signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        slurm_script("start")  # "already running" when an earlier session left it up
+        os.environ["SLURM_CONF"] = str(SLURM_STATE / "slurm.conf")
+        if not slurm_answers():
+            raise RuntimeError(f"the SLURM cluster in {SLURM_STATE} does not answer after its start")
+        yield
+    finally:
+        try:
+            slurm_script("stop")
+        finally:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if on_term is None else on_term)
+            if conf is None:
+                os.environ.pop("SLURM_CONF", None)
+            else:
+                os.environ["SLURM_CONF"] = conf
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[None]:
+    """A SLURM cluster for the session (slurm_cluster_for_tests); the tests that use it are skipped when
+    SLURM is not installed, or fail under DISTILL_REQUIRE_SLURM=1 (.ci/run)."""
+    if not shutil.which("sbatch") or not shutil.which("slurmctld"):
+        message = "SLURM is not installed (scripts/slurm_cluster.sh install)"
+        if os.environ.get("DISTILL_REQUIRE_SLURM") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    with slurm_cluster_for_tests():
+        yield

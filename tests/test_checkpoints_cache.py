@@ -451,6 +451,7 @@ def cache_worker(cache_dir: str, counter: str, result: str, barrier) -> None:
     torch.save({"state_dict": model.state_dict(), "reused": reused, "path": str(path)}, result)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_two_processes_share_one_training(tmp_path: Path) -> None:
     ctx = multiprocessing.get_context("spawn")

@@ -10,6 +10,8 @@ from tests.conftest import compose_config, tiny_job
 
 from distill.spine import run
 
+pytestmark = pytest.mark.slow  # every test runs the main job
+
 
 @pytest.fixture(scope="module")
 def compressed(tmp_path_factory) -> tuple[Path, dict]:

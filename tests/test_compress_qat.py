@@ -134,6 +134,7 @@ def test_qat_applies_to_the_linear_layers_of_a_convnet(tmp_path: Path) -> None:
     assert trainer.seen.count("FakeQuantizedLinear") == len(linears)
 
 
+@pytest.mark.slow
 def test_qat_in_the_main_job(tmp_path: Path) -> None:
     from distill.spine import run
 

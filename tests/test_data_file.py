@@ -59,6 +59,7 @@ def wine_run(tmp_path_factory) -> tuple[Path, Path]:
 # -- end to end on the wine table -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_wine_teacher_learns_and_the_report_names_the_classes(wine_run) -> None:
     tmp, _ = wine_run
     rows = report_rows(tmp / "run")
@@ -71,6 +72,7 @@ def test_wine_teacher_learns_and_the_report_names_the_classes(wine_run) -> None:
     assert float(meta["state_dict"]["input_mean"][12]) > 500  # proline, in the hundreds: the raw scale
 
 
+@pytest.mark.slow
 def test_raw_wine_without_standardisation_is_clearly_worse(wine_run) -> None:
     from distill.spine import run
 
@@ -89,6 +91,7 @@ def test_raw_wine_without_standardisation_is_clearly_worse(wine_run) -> None:
     assert meta["input_transform"] is None and "input_mean" not in meta["state_dict"]
 
 
+@pytest.mark.slow
 def test_distill_eval_of_student_ckpt_and_onnx_matches_the_report(wine_run) -> None:
     tmp, csv = wine_run
     rows = report_rows(tmp / "run")
@@ -104,6 +107,7 @@ def test_distill_eval_of_student_ckpt_and_onnx_matches_the_report(wine_run) -> N
     assert onnx["parameters"] == student["parameters"]  # the statistics are not counted as parameters
 
 
+@pytest.mark.slow
 def test_onnx_artifact_on_data_of_another_shape_is_refused(wine_run) -> None:
     tmp, _ = wine_run
     artifact = report_rows(tmp / "run")["compress:onnx"]["artifact"]
@@ -121,6 +125,7 @@ def test_onnx_artifact_on_data_of_another_shape_is_refused(wine_run) -> None:
         evaluate(tmp, "eval_digits2", f"ckpt_path={tmp}/run/student.ckpt", "data=digits")
 
 
+@pytest.mark.slow
 def test_feature_taps_keep_their_paths_on_standardised_data(wine_run) -> None:
     from distill.spine import run
 

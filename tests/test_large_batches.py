@@ -6,23 +6,15 @@ import platform
 
 import pytest
 import torch
-from tests.test_losses_contrastive import built, make_view
+from tests.builders import built_crd, crd_view, step_view
 
 from distill.losses.relation import SPLoss, sp_loss
 from distill.runtime import flush_denormals, tune_cpu_allocator
 
 
 def sp_view(s: torch.Tensor, t: torch.Tensor):
-    return make_view(batch=len(s)).__class__(
-        student_logits=torch.zeros(len(s), 3),
-        teacher_logits=torch.zeros(len(s), 3),
-        teachers_logits={"t": torch.zeros(len(s), 3)},
-        student_features={"s": s},
-        teacher_features={"t": {"t": t}},
-        targets=torch.zeros(len(s), dtype=torch.long),
-        index=torch.arange(len(s)),
-        epoch=0,
-    )
+    logits = torch.zeros(len(s), 3)
+    return step_view(logits, teachers={"t": logits}, student_features={"s": s}, teacher_features={"t": {"t": t}})
 
 
 def test_relation_terms_use_the_first_max_samples_rows() -> None:
@@ -35,8 +27,8 @@ def test_relation_terms_use_the_first_max_samples_rows() -> None:
 
 
 def test_crd_contrasts_a_subset_but_updates_every_bank_row() -> None:
-    view = make_view(batch=4)
-    term = built(view, max_samples=2)
+    view = crd_view(batch=4)
+    term = built_crd(view, max_samples=2)
     term.train()
     before_s, before_t = term.memory_s.clone(), term.memory_t.clone()
     loss = term(view)

@@ -5,27 +5,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import random
 from pathlib import Path
 
 import hydra
 import pytest
 import torch
 from omegaconf import OmegaConf
+from tests.builders import WORDS, sentences
 from tests.conftest import compose_config
 
 from distill.errors import DistillError
 from distill.llm.data import IGNORE_INDEX, STDLIB_SKIP, SequenceBatches, TextDataModule
-
-WORDS = "the a teacher student model learns token from each distills small large data loss softly".split()
-
-
-def sentences(seed: int, chars: int) -> str:
-    rng = random.Random(seed)
-    lines = []
-    while sum(map(len, lines)) < chars:
-        lines.append(" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))).capitalize() + ".\n")
-    return "".join(lines)
 
 
 def write_texts(folder: Path, sizes: list[int]) -> list[str]:

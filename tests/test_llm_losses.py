@@ -10,6 +10,9 @@ from typing import Any
 
 import pytest
 import torch
+from tests.builders import kl_by_hand as kl
+from tests.builders import softmax_by_hand as softmax
+from tests.builders import step_view
 from torch import Tensor
 
 from distill.errors import DistillError
@@ -42,17 +45,6 @@ VALID = [0, 2]
 
 
 # -- hand arithmetic, no torch ------------------------------------------------------------------
-
-
-def softmax(row: list[float], temperature: float = 1.0) -> list[float]:
-    exps = [math.exp(z / temperature) for z in row]  # exp(-inf) = 0.0
-    total = sum(exps)
-    return [e / total for e in exps]
-
-
-def kl(a: list[float], b: list[float]) -> float:
-    """Σ a (log a − log b), with 0 · log 0 = 0."""
-    return sum(ai * (math.log(ai) - math.log(bi)) for ai, bi in zip(a, b, strict=True) if ai > 0)
 
 
 def mix(a: list[float], b: list[float], w: float) -> list[float]:
@@ -333,16 +325,7 @@ def test_bad_alpha_is_a_distill_error(alpha: float) -> None:
 
 
 def make_view(student_logits: Tensor, teacher_logits: Tensor | None, targets: Tensor) -> StepView:
-    return StepView(
-        student_logits=student_logits,
-        teacher_logits=teacher_logits,
-        teachers_logits={} if teacher_logits is None else {"teacher": teacher_logits},
-        student_features={},
-        teacher_features={},
-        targets=targets,
-        index=None,
-        epoch=0,
-    )
+    return step_view(student_logits, teacher_logits, targets=targets, teacher_features={}, index=None)
 
 
 @pytest.mark.parametrize(

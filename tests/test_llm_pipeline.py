@@ -10,12 +10,12 @@ import torch
 
 pytest.importorskip("transformers")
 
+from tests.builders import step_view  # noqa: E402
 from tests.conftest import compose_config, run_cli  # noqa: E402
 
 from distill.errors import DistillError  # noqa: E402
 from distill.llm.models import causal_lm, check_vocabularies  # noqa: E402
 from distill.llm.module import HiddenStateLoss, LMDistillationModule  # noqa: E402
-from distill.losses.base import StepView  # noqa: E402
 
 TINY = {"model_type": "llama", "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 64}
 
@@ -63,6 +63,7 @@ def lm_report(tmp_path_factory) -> tuple[Path, dict]:
     return tmp, run(compose_config(overrides, name="lm"))
 
 
+@pytest.mark.slow
 def test_a_tiny_pair_is_distilled_and_measured(lm_report) -> None:
     tmp, report = lm_report
     rows = {r["model"]: r for r in report["models"]}
@@ -90,6 +91,7 @@ def test_a_tiny_pair_is_distilled_and_measured(lm_report) -> None:
         assert column in logged
 
 
+@pytest.mark.slow
 def test_vocabulary_mismatch_is_refused_before_training(tmp_path: Path) -> None:
     model = causal_lm(500, hidden_size=16, num_hidden_layers=1, intermediate_size=32, **TINY)
     model.save_pretrained(tmp_path / "teacher")
@@ -134,7 +136,8 @@ def test_hidden_state_loss_projects_and_masks() -> None:
     s = {"hidden.1": torch.randn(2, 5, 8)}
     t = {"t": {"hidden.2": torch.randn(2, 5, 12)}}
     mask = torch.ones(2, 5)
-    view = StepView(torch.zeros(2, 4, 3), torch.zeros(2, 4, 3), {}, s, t, torch.zeros(2, 4), None, 0, attention_mask=mask)
+    view = step_view(torch.zeros(2, 4, 3), torch.zeros(2, 4, 3), teachers={}, student_features=s, teacher_features=t,
+                     targets=torch.zeros(2, 4), index=None, attention_mask=mask)  # fmt: skip
     term.build(view)
     assert isinstance(term.projections[0], torch.nn.Linear) and term.projections[0].weight.shape == (12, 8)
     value = term(view)
@@ -145,9 +148,8 @@ def test_hidden_state_loss_projects_and_masks() -> None:
     mask2[:, -1] = 0
     t2 = {"t": {"hidden.2": t["t"]["hidden.2"].clone()}}
     t2["t"]["hidden.2"][:, -1] += 100.0
-    view2 = StepView(
-        torch.zeros(2, 4, 3), torch.zeros(2, 4, 3), {}, s, t2, torch.zeros(2, 4), None, 0, attention_mask=mask2
-    )
+    view2 = step_view(torch.zeros(2, 4, 3), torch.zeros(2, 4, 3), teachers={}, student_features=s, teacher_features=t2,
+                      targets=torch.zeros(2, 4), index=None, attention_mask=mask2)  # fmt: skip
     expected = (projected[:, :-1] - t["t"]["hidden.2"][:, :-1]).pow(2).mean().item()
     assert term(view2).item() == pytest.approx(expected, rel=1e-5)
     with pytest.raises(DistillError, match="layer_map"):

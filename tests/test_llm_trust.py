@@ -4,11 +4,11 @@ report's trainable counts, errors in the right order, and cache keys that follow
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -16,6 +16,7 @@ from torch import nn
 
 pytest.importorskip("transformers")
 
+from tests.builders import quiet_trainer, sentences  # noqa: E402
 from tests.conftest import compose_config  # noqa: E402
 
 from distill.errors import DistillError  # noqa: E402
@@ -26,7 +27,6 @@ from distill.llm.module import LMDistillationModule  # noqa: E402
 
 TINY = {"model_type": "llama", "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 64}
 SMALL = {"hidden_size": 16, "num_hidden_layers": 1, "intermediate_size": 32, **TINY}
-WORDS = "the a teacher student model learns token from each distills small large data loss softly".split()
 
 
 def sums(path: Path, n: int = 40) -> list[dict]:
@@ -50,18 +50,7 @@ def pair_data(tmp_path: Path, **kwargs) -> TextDataModule:
     return dm
 
 
-def sentences(seed: int, chars: int) -> str:
-    rng = random.Random(seed)
-    lines = []
-    while sum(map(len, lines)) < chars:
-        lines.append(" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))).capitalize() + ".\n")
-    return "".join(lines)
-
-
-def trainer(**kwargs) -> L.Trainer:
-    defaults = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                    enable_model_summary=False, num_sanity_val_steps=0)  # fmt: skip
-    return L.Trainer(**{**defaults, **kwargs})
+trainer = functools.partial(quiet_trainer, num_sanity_val_steps=0)
 
 
 def saved_llama(folder: Path, vocab: int, dtype: torch.dtype = torch.float32, **config) -> Path:
@@ -326,6 +315,7 @@ def test_the_pipeline_checks_lengths_against_teacher_and_student(tmp_path: Path)
 # -- 5. the report's trainable parameters; 7. cache keys for pretrained folders ------------------
 
 
+@pytest.mark.slow
 def test_report_counts_what_trained_in_this_run(tmp_path: Path) -> None:
     from distill.spine import run
 
@@ -430,6 +420,7 @@ def test_extra_options_reach_a_pretrained_model_or_are_refused(tmp_path: Path) -
 # -- 7. cache keys follow the content ------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_other_text_under_the_same_path_gives_another_tokenizer_and_teacher(tmp_path: Path) -> None:
     from distill.spine import run
 

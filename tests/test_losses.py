@@ -7,6 +7,8 @@ import math
 
 import pytest
 import torch
+from tests.builders import softmax_by_hand
+from tests.builders import step_view as make_view
 from torch import Tensor, nn
 
 from distill.data.base import UNLABELLED
@@ -18,34 +20,7 @@ STUDENT = [[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]]
 TEACHER = [[2.0, 0.0, 1.0], [1.0, 1.0, -2.0]]
 
 
-def make_view(
-    student_logits: Tensor,
-    teacher_logits: Tensor | None = None,
-    targets: Tensor | None = None,
-    student_features: dict[str, Tensor] | None = None,
-    teacher_features: dict[str, dict[str, Tensor]] | None = None,
-) -> StepView:
-    n = len(student_logits)
-    teacher_logits = student_logits.detach().clone() if teacher_logits is None else teacher_logits
-    return StepView(
-        student_logits=student_logits,
-        teacher_logits=teacher_logits,
-        teachers_logits={"teacher": teacher_logits},
-        student_features=student_features or {},
-        teacher_features=teacher_features or {"teacher": {}},
-        targets=torch.zeros(n, dtype=torch.long) if targets is None else targets,
-        index=torch.arange(n),
-        epoch=0,
-    )
-
-
 # -- hand arithmetic, no torch ------------------------------------------------------------------
-
-
-def softmax_by_hand(row: list[float], temperature: float) -> list[float]:
-    exps = [math.exp(z / temperature) for z in row]
-    total = sum(exps)
-    return [e / total for e in exps]
 
 
 def kd_by_hand(student: list[list[float]], teacher: list[list[float]], temperature: float) -> float:
@@ -323,15 +298,11 @@ def test_fitnet_refuses_different_spatial_length() -> None:
 
 def test_fitnet_picks_the_named_teacher() -> None:
     s = torch.zeros(2, 3)
-    view = StepView(
-        student_logits=torch.zeros(2, 3),
-        teacher_logits=torch.zeros(2, 3),
-        teachers_logits={"a": torch.zeros(2, 3), "b": torch.zeros(2, 3)},
+    view = make_view(
+        torch.zeros(2, 3),
+        teachers={"a": torch.zeros(2, 3), "b": torch.zeros(2, 3)},
         student_features={"s": s},
         teacher_features={"a": {"t": torch.zeros(2, 3)}, "b": {"t": torch.ones(2, 3)}},
-        targets=torch.zeros(2, dtype=torch.long),
-        index=torch.arange(2),
-        epoch=0,
     )
     first, named = FitNetLoss("s", "t"), FitNetLoss("s", "t", teacher="b")
     first.build(view)

@@ -13,6 +13,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from tests.builders import CRD_SAMPLES
+from tests.builders import built_crd as built
+from tests.builders import crd_view as make_view
 from tests.conftest import compose_config
 from torch import nn
 
@@ -23,34 +26,8 @@ from distill.losses.contrastive import CRDLoss, nce_loss
 from distill.modules import DistillationModule
 from distill.nets import MLP, ConvNet1d
 
-N = 50  # training-set size of the hand-made views
+N = CRD_SAMPLES  # training-set size of the hand-made views (make_view)
 ADAM = functools.partial(torch.optim.Adam, lr=1e-2)
-
-
-def make_view(
-    batch: int = 4, d_s: int = 6, t_shape: tuple[int, ...] = (3, 5), index=None, num_samples: int | None = N, seed=0
-) -> StepView:
-    g = torch.Generator().manual_seed(seed)
-    s = torch.randn(batch, d_s, generator=g, requires_grad=True)
-    t = torch.randn(batch, *t_shape, generator=g)
-    return StepView(
-        student_logits=torch.zeros(batch, 10),
-        teacher_logits=torch.zeros(batch, 10),
-        teachers_logits={"cnn": torch.zeros(batch, 10)},
-        student_features={"s": s},
-        teacher_features={"cnn": {"t": t}},
-        targets=torch.zeros(batch, dtype=torch.long),
-        index=torch.tensor([3, 7, 11, 42][:batch]) if index is None else index,
-        epoch=0,
-        num_samples=num_samples,
-    )
-
-
-def built(view: StepView | None = None, **kwargs) -> CRDLoss:
-    torch.manual_seed(0)
-    term = CRDLoss("s", "t", **{"embed_dim": 8, "num_negatives": 5, **kwargs})
-    term.build(view or make_view())
-    return term
 
 
 # -- building -------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import hydra
 import lightning as L
 import pytest
 import torch
+from tests.builders import step_view
 from tests.conftest import compose_config
 from torch import Tensor
 
@@ -32,18 +33,8 @@ ADAM = functools.partial(torch.optim.Adam, lr=1e-3)
 
 
 def make_view(student: Tensor, teacher: Tensor, s_name: str = "s", t_name: str = "t") -> StepView:
-    n = len(student)
-    logits = torch.zeros(n, 10)
-    return StepView(
-        student_logits=logits,
-        teacher_logits=logits,
-        teachers_logits={"teacher": logits},
-        student_features={s_name: student},
-        teacher_features={"teacher": {t_name: teacher}},
-        targets=torch.zeros(n, dtype=torch.long),
-        index=torch.arange(n),
-        epoch=0,
-    )
+    logits = torch.zeros(len(student), 10)
+    return step_view(logits, student_features={s_name: student}, teacher_features={"teacher": {t_name: teacher}})
 
 
 def term_value(term: LossTerm, student: Tensor, teacher: Tensor) -> Tensor:
@@ -267,15 +258,8 @@ def test_at_matches_hand_computation_and_sums_layer_pairs() -> None:
     # two pairs: the first again, and a second pair on 2-D maps ([3, 2, 2, 2] vs [3, 3, 2, 2])
     s2 = (torch.arange(24, dtype=torch.float64) % 5).reshape(3, 2, 2, 2)
     t2 = (torch.arange(36, dtype=torch.float64) % 7 - 3).reshape(3, 3, 2, 2)
-    view = StepView(
-        student_logits=torch.zeros(3, 10),
-        teacher_logits=torch.zeros(3, 10),
-        teachers_logits={"teacher": torch.zeros(3, 10)},
-        student_features={"s": s, "s2": s2},
-        teacher_features={"teacher": {"t": t, "t2": t2}},
-        targets=torch.zeros(3, dtype=torch.long),
-        index=torch.arange(3),
-        epoch=0,
+    view = step_view(
+        torch.zeros(3, 10), student_features={"s": s, "s2": s2}, teacher_features={"teacher": {"t": t, "t2": t2}}
     )
     term = ATLoss(["s", "s2"], ["t", "t2"])
     term.build(view)

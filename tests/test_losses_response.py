@@ -4,12 +4,14 @@ standardisation, KD towards a weighted mixture of teachers, configs and argument
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from pathlib import Path
 
 import hydra
 import pytest
 import torch
+from tests.builders import kl_by_hand, softmax_by_hand, step_view
 from tests.conftest import compose_config
 from torch import Tensor
 
@@ -24,27 +26,8 @@ LABELS = [0, 2]
 OTHER_TEACHER = [[-1.0, 1.5, 0.0, 2.0], [0.5, 2.0, -1.0, 0.0]]
 
 
-def make_view(
-    student: Tensor,
-    teacher: Tensor | None = None,
-    targets: Tensor | None = None,
-    epoch: int = 100,
-    teachers: dict[str, Tensor] | None = None,
-    teacher_weights: Tensor | None = None,
-) -> StepView:
-    n = len(student)
-    teacher = student.detach().clone() if teacher is None else teacher
-    return StepView(
-        student_logits=student,
-        teacher_logits=teacher,
-        teachers_logits=teachers or {"teacher": teacher},
-        student_features={},
-        teacher_features={name: {} for name in teachers or {"teacher": teacher}},
-        targets=torch.zeros(n, dtype=torch.long) if targets is None else targets,
-        index=torch.arange(n),
-        epoch=epoch,
-        teacher_weights=teacher_weights,
-    )
+# Views at epoch 100: past DKD's warm-up unless a test says otherwise.
+make_view = functools.partial(step_view, epoch=100)
 
 
 def t64(rows: list[list[float]]) -> Tensor:
@@ -52,17 +35,6 @@ def t64(rows: list[list[float]]) -> Tensor:
 
 
 # -- hand arithmetic, no torch ------------------------------------------------------------------
-
-
-def softmax_by_hand(row: list[float], temperature: float) -> list[float]:
-    exps = [math.exp(z / temperature) for z in row]
-    total = sum(exps)
-    return [e / total for e in exps]
-
-
-def kl_by_hand(p: list[float], q: list[float]) -> float:
-    """KL(p ‖ q) = Σ p_i (log p_i − log q_i)."""
-    return sum(pi * (math.log(pi) - math.log(qi)) for pi, qi in zip(p, q, strict=True))
 
 
 def tckd_by_hand(student: list[list[float]], teacher: list[list[float]], labels: list[int], t: float) -> float:

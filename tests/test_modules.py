@@ -8,6 +8,7 @@ import functools
 import lightning as L
 import pytest
 import torch
+from tests.builders import quiet_trainer as trainer
 from torch import nn
 
 from distill.data import UNLABELLED, TensorBatches
@@ -25,17 +26,6 @@ def data(n: int = 256, length: int = 40, classes: int = 10, unlabelled: int = 0)
     y = torch.randint(0, classes, (n,), generator=g)
     y[:unlabelled] = UNLABELLED
     return TensorBatches(x, y, batch_size=64, shuffle=True)
-
-
-def trainer(**kwargs) -> L.Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    return L.Trainer(**{**defaults, **kwargs})
 
 
 def distiller(teachers: dict[str, nn.Module], terms=None, **kwargs) -> DistillationModule:

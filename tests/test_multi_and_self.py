@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.builders import softmax_by_hand as softmax
 from tests.conftest import compose_config, tiny_job
 
 from distill.errors import DistillError
@@ -30,11 +31,6 @@ from distill.spine import run
 
 A = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]])
 B = torch.tensor([[0.0, 1.0, 0.0], [3.0, -1.0, 0.0]])
-
-
-def softmax(row: list[float]) -> list[float]:
-    e = [math.exp(v) for v in row]
-    return [v / sum(e) for v in e]
 
 
 def entropy(row: list[float]) -> float:
@@ -156,6 +152,7 @@ def test_a_term_that_needs_a_teacher_is_refused_without_one() -> None:
         module_with("mean_logits", {}, {"hard": HardLabelLoss(), "kd": KDLoss()})
 
 
+@pytest.mark.slow
 def test_teacherless_self_distillation_job(tmp_path: Path) -> None:
     overrides = tiny_job(tmp_path, "teacher=[]", "distill=[hard,byot]", "distill.byot.layers=[features.0]")
     overrides = [o for o in overrides if not o.startswith("teacher.")]
@@ -164,6 +161,7 @@ def test_teacherless_self_distillation_job(tmp_path: Path) -> None:
     assert "agreement" not in report["models"][1] and "gap_closed" not in report["summary"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ensemble", [False, True])
 def test_born_again_generations(tmp_path: Path, ensemble: bool) -> None:
     overrides = tiny_job(tmp_path, "teacher=[]", "born_again.generations=2", f"born_again.ensemble={ensemble}")

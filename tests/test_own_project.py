@@ -233,6 +233,7 @@ def parameters_of(project: Path, **kwargs: object) -> int:
     return sum(p.numel() for p in module.ResMLP(**kwargs).parameters())
 
 
+@pytest.mark.slow
 def test_a_project_of_ones_own_runs_end_to_end(project: Path) -> None:
     result = command(
         project,
@@ -276,6 +277,7 @@ def test_a_project_of_ones_own_runs_end_to_end(project: Path) -> None:
     assert cosine[-1] < cosine[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flag", [["-cd", "{dir}"], ["--config-dir", "{dir}"], ["--config-dir={dir}"]])
 def test_config_dir(project: Path, shared: Path, flag: list[str]) -> None:
     args = [part.format(dir=shared) for part in flag]
@@ -284,11 +286,13 @@ def test_config_dir(project: Path, shared: Path, flag: list[str]) -> None:
     assert cfg["teacher"]["my_tv"]["net"]["_target_"] == "torchvision.models.resnet18"
 
 
+@pytest.mark.slow
 def test_searchpath_on_the_command_line(project: Path, shared: Path) -> None:
     cfg = composed(project, f"hydra.searchpath=[file://{shared}]", "teacher=[cnn,my_tv]")
     assert list(cfg["teacher"]) == ["cnn", "my_tv"]
 
 
+@pytest.mark.slow
 def test_searchpath_in_ones_own_primary_config(project: Path, shared: Path, tmp_path: Path) -> None:
     # A primary config of the project (./configs/team.yaml) that extends distill-train's and adds a folder.
     folder = write(tmp_path, {**PROJECT, "configs/team.yaml": f"defaults:\n  - train\n  - _self_\n"
@@ -300,12 +304,14 @@ def test_searchpath_in_ones_own_primary_config(project: Path, shared: Path, tmp_
     assert "valid options:" in line and "my_tv," in line and str(shared) in line
 
 
+@pytest.mark.slow
 def test_adding_an_option_to_a_group(project: Path) -> None:
     cfg = composed(project, "+distill=cosine")
     assert cfg["distill"]["cosine"] == {"_target_": "my_project.losses.CosineLogits", "weight": 0.5}
     assert {"hard", "kd"} <= set(cfg["distill"])
 
 
+@pytest.mark.slow
 def test_an_unknown_option_names_the_folders_searched(project: Path, shared: Path) -> None:
     line = one_error_line(command(project, "-cd", str(shared), "teacher=[cnn,my_tvv]", "--cfg", "job"))
     assert line.startswith("error: unknown teacher option 'my_tvv'; valid options: cnn, cnn_small,")
@@ -320,6 +326,7 @@ def test_an_unknown_option_names_the_folders_searched(project: Path, shared: Pat
     assert line == f"error: config directory not found: {project / 'nowhere'} (--config-dir)"
 
 
+@pytest.mark.slow
 def test_each_command_lists_its_own_groups(project: Path) -> None:
     def groups(script: str) -> dict[str, str]:
         result = command(project, "--help", script=script, timeout=120)

@@ -13,6 +13,8 @@ from tests.conftest import compose_config, run_cli, tiny_job
 from distill.checkpoints import read_checkpoint
 from distill.spine import run
 
+pytestmark = pytest.mark.slow  # every test runs the main job
+
 REPORT_FIELDS = {
     "model", "accuracy", "agreement", "calibration_error", "parameters", "bytes",
     "latency_ms_batch_1", "latency_ms_batch_64", "flops",
@@ -161,7 +163,6 @@ def test_debug_presets_run(debug: str, tmp_path: Path) -> None:
     assert not (tmp_path / "logs" / "cache").exists()  # debug runs never fill the shared cache
 
 
-@pytest.mark.slow
 def test_default_job_shows_the_point_of_distillation(tmp_path: Path) -> None:
     """The default MNIST-1D job, unchanged: the distilled student clearly beats the baseline."""
     report = run(

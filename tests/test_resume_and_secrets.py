@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.conftest import cli_env, run_cli, tiny_job
+from tests.conftest import cli_env, cli_job, run_cli
 
 from distill.data.batches import TensorBatches
 from distill.errors import DistillError
@@ -18,11 +18,6 @@ from distill.resume import find_resume_dir, stage_checkpoint
 from distill.secrets import REDACTED, command_line_has_secret, redact
 
 SECRET = "s3cr3t-" + "x" * 40
-
-
-def cli_job(tmp: Path, *extra: str) -> list[str]:
-    """tiny_job for the command line: the run folder left to Hydra (runs/<time>_<job id>)."""
-    return [a for a in tiny_job(tmp) if not a.startswith("paths.output_dir")] + list(extra)
 
 
 def runs(tmp: Path) -> list[Path]:
@@ -56,6 +51,7 @@ def interrupted(tmp_path_factory) -> Path:
     return tmp
 
 
+@pytest.mark.slow
 def test_a_killed_run_continues_from_its_last_epoch_and_matches_an_uninterrupted_one(interrupted: Path) -> None:
     full, killed, resumed = runs(interrupted)
     assert not (killed / "report.json").exists()
@@ -72,6 +68,7 @@ def test_a_killed_run_continues_from_its_last_epoch_and_matches_an_uninterrupted
     assert a["student_val_accuracy"] == pytest.approx(b["student_val_accuracy"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_resuming_with_another_student_architecture_is_refused(interrupted: Path) -> None:
     killed = runs(interrupted)[1]
     result = run_cli(
@@ -149,6 +146,7 @@ def test_redact_by_key_and_by_value(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not command_line_has_secret(["lr=0.1", "student=mlp"])
 
 
+@pytest.mark.slow
 def test_no_credential_reaches_the_run_folder(tmp_path: Path) -> None:
     env = cli_env(WANDB_API_KEY=SECRET, WANDB_MODE="offline", HF_TOKEN="hf_" + "y" * 30)
     hook = ["+callbacks.upload._target_=tests.helpers.NeedsCredential", f"+callbacks.upload.token={SECRET}"]
@@ -169,6 +167,7 @@ def test_no_credential_reaches_the_run_folder(tmp_path: Path) -> None:
 # -- run folders --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path: Path) -> None:
     # Both fail fast (bad temperature) after Hydra made their folders.
     args = [*cli_job(tmp_path), "distill.kd.temperature=-1"]
@@ -204,10 +203,10 @@ def test_a_slurm_job_uses_as_many_threads_as_cpus_it_was_given(monkeypatch: pyte
 
     before = torch.get_num_threads()
     try:
+        torch.set_num_threads(2)  # whatever this process runs with (fast tests: one thread, tests/conftest.py)
         monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
-        assert fit_threads_to_allocation() == before
-        if before > 1:
-            monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
-            assert fit_threads_to_allocation() == 1 == torch.get_num_threads()
+        assert fit_threads_to_allocation() == 2
+        monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+        assert fit_threads_to_allocation() == 1 == torch.get_num_threads()
     finally:
         torch.set_num_threads(before)

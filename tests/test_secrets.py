@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tests.conftest import cli_env, run_cli, tiny_job
+from tests.conftest import cli_env, cli_job, run_cli
 
 from distill import secrets
 from distill.secrets import REDACTED, clean_config_file, command_line_has_secret, is_secret_name, redact, scrub
@@ -29,7 +29,7 @@ UPLOAD = [  # a callback holding a credential, as an upload hook would
 def job(tmp: Path, *extra: str) -> list[str]:
     """A seconds-long distill-train job whose every file goes under `tmp`/logs (Hydra's run folder)."""
     short = ["teacher.mlp_large.fit.epochs=2", "student.fit.epochs=2", "student.baseline.epochs=2"]
-    return [a for a in tiny_job(tmp, *short) if not a.startswith("paths.output_dir")] + list(extra)
+    return cli_job(tmp, *short, *extra)
 
 
 def env(**extra: str) -> dict[str, str]:
@@ -174,6 +174,7 @@ def trained(tmp_path_factory) -> tuple[Path, object]:
     return tmp, run_cli(args, tmp, env=env())
 
 
+@pytest.mark.slow
 def test_a_successful_run_leaves_no_credential(trained) -> None:
     tmp, result = trained
     assert result.returncode == 0, result.stderr[-2000:]
@@ -188,6 +189,7 @@ def test_a_successful_run_leaves_no_credential(trained) -> None:
     assert f"token: {REDACTED}" in result.stdout  # extras.print_config
 
 
+@pytest.mark.slow
 def test_a_run_with_unknown_credential_keys_leaves_none(tmp_path: Path) -> None:
     result = run_cli(job(tmp_path, f"+my_token={REFUSED[0]}", f"+api_key={REFUSED[1]}"), tmp_path, env=env())
     assert result.returncode in (0, 2), result.stderr[-2000:]  # refused (nothing reads them) or run
@@ -196,6 +198,7 @@ def test_a_run_with_unknown_credential_keys_leaves_none(tmp_path: Path) -> None:
         assert result.stderr.strip().splitlines()[-1].startswith("error: ")
 
 
+@pytest.mark.slow
 def test_a_sweep_leaves_no_credential(tmp_path: Path) -> None:
     args = ["-m"] + job(
         tmp_path, f"+hydra.job.env_set.WANDB_API_KEY={WANDB_KEY}",
@@ -215,6 +218,7 @@ def test_a_sweep_leaves_no_credential(tmp_path: Path) -> None:
     assert f"+callbacks.up.token={REDACTED}" in saved["hydra"]["overrides"]["task"]
 
 
+@pytest.mark.slow
 def test_a_submitit_sweep_leaves_no_credential(tmp_path: Path) -> None:
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     args = ["-m"] + job(tmp_path, "hydra/launcher=submitit_local", f"+hydra.job.env_set.WANDB_API_KEY={WANDB_KEY}",
@@ -227,6 +231,7 @@ def test_a_submitit_sweep_leaves_no_credential(tmp_path: Path) -> None:
     assert leaks(tmp_path, result.stdout, result.stderr) == []
 
 
+@pytest.mark.slow
 def test_an_evaluation_leaves_no_credential(trained, tmp_path: Path) -> None:
     tmp, _ = trained
     (student,) = (tmp / "logs" / "train" / "runs").glob("*/student.ckpt")
@@ -240,6 +245,7 @@ def test_an_evaluation_leaves_no_credential(trained, tmp_path: Path) -> None:
     assert leaks(tmp_path, result.stdout, result.stderr) == []
 
 
+@pytest.mark.slow
 def test_a_crashing_run_leaves_no_credential(tmp_path: Path) -> None:
     crash = ["+callbacks.up.fail=true", f"+hydra.job.env_set.WANDB_API_KEY={WANDB_KEY}"]
     result = run_cli(job(tmp_path, *UPLOAD, *crash), tmp_path, env=env())
@@ -251,6 +257,7 @@ def test_a_crashing_run_leaves_no_credential(tmp_path: Path) -> None:
     assert (only(tmp_path / "logs" / "train" / "runs") / ".hydra" / "hydra.yaml").is_file()
 
 
+@pytest.mark.slow
 def test_a_refused_run_leaves_no_credential(tmp_path: Path) -> None:
     args = job(tmp_path, *UPLOAD, f"+hydra.job.env_set.WANDB_API_KEY={WANDB_KEY}", "distill.kd.temperature=-1")
     result = run_cli(args, tmp_path, env=env())
@@ -259,6 +266,7 @@ def test_a_refused_run_leaves_no_credential(tmp_path: Path) -> None:
     assert (only(tmp_path / "logs" / "train" / "runs") / ".hydra" / "hydra.yaml").is_file()
 
 
+@pytest.mark.slow
 def test_an_lm_run_leaves_no_credential(tmp_path: Path) -> None:
     pytest.importorskip("transformers")
     teacher = [f"lm_teacher.model.{k}={v}" for k, v in (("hidden_size", 16), ("num_hidden_layers", 1),

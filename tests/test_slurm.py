@@ -1,56 +1,24 @@
 """Sweeps through the SLURM launcher on a real one-node cluster (slurm-wlm + munge on localhost).
 
-The module starts the cluster with scripts/slurm_cluster.sh when the packages are installed and
-no cluster answers, and stops it afterwards; one that was already running is left running.
-Without the packages the tests are skipped, unless DISTILL_REQUIRE_SLURM=1 (CI), which makes
-that a failure.
+The cluster comes from the session fixture `slurm_cluster` (tests/conftest.py): one the caller
+set SLURM_CONF for (.ci/run) is used and left running; otherwise the tests start their own with
+scripts/slurm_cluster.sh and stop it at the end of the session. Without the packages the tests
+are skipped, unless DISTILL_REQUIRE_SLURM=1 (CI), which makes that a failure.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from tests.conftest import REPO, cli_env, run_cli, tiny_job
+from tests.conftest import cli_env, cli_job, run_cli
 
-SCRIPT = REPO / "scripts" / "slurm_cluster.sh"
-STATE = Path(os.environ.get("TMPDIR", "/tmp")) / "distill-slurm-tests"
-
-
-def cluster_answers() -> bool:
-    try:
-        return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=20).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cluster():
-    if not shutil.which("sbatch") or not shutil.which("slurmctld"):
-        message = "SLURM is not installed (scripts/slurm_cluster.sh install)"
-        if os.environ.get("DISTILL_REQUIRE_SLURM") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    started = False
-    if not cluster_answers():
-        subprocess.run([str(SCRIPT), "start", str(STATE)], check=True, timeout=180)
-        os.environ["SLURM_CONF"] = str(STATE / "slurm.conf")
-        started = True
-    assert cluster_answers()
-    yield
-    if started:
-        subprocess.run([str(SCRIPT), "stop", str(STATE)], check=False, timeout=180)
-
-
-def cli_job(tmp: Path, *extra: str) -> list[str]:
-    return [a for a in tiny_job(tmp) if not a.startswith("paths.output_dir")] + list(extra)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 
 
 def queue_drains(seconds: float = 60) -> bool:
@@ -65,7 +33,7 @@ def queue_drains(seconds: float = 60) -> bool:
 
 
 @pytest.fixture(scope="module")
-def slurm_sweep(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess, float]:
+def slurm_sweep(slurm_cluster, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess, float]:
     tmp = tmp_path_factory.mktemp("slurm_sweep")
     args = [
         "-m",

@@ -8,13 +8,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tests.conftest import cli_env, run_cli, tiny_job
+from tests.conftest import cli_env, cli_job, run_cli, tiny_job
 
 from distill.sweeps import summarize_sweep
-
-
-def cli_job(tmp: Path, *extra: str) -> list[str]:
-    return [a for a in tiny_job(tmp) if not a.startswith("paths.output_dir")] + list(extra)
 
 
 def sweep_dir(tmp: Path) -> Path:
@@ -35,6 +31,7 @@ def sweep(tmp_path_factory) -> Path:
     return sweep_dir(tmp)
 
 
+@pytest.mark.slow
 def test_every_job_of_a_sweep_has_its_folder_and_report(sweep: Path) -> None:
     folders = jobs(sweep)
     assert [f.name.split("_")[0] for f in folders] == ["0", "1", "2", "3"]
@@ -43,12 +40,14 @@ def test_every_job_of_a_sweep_has_its_folder_and_report(sweep: Path) -> None:
         assert (f / "report.json").is_file()
 
 
+@pytest.mark.slow
 def test_the_teacher_is_trained_once_for_the_whole_sweep(sweep: Path) -> None:
     logs = [(f / "train.log").read_text() for f in jobs(sweep)]
     assert sum("Training teacher-mlp_large" in log for log in logs) == 1
     assert sum("Reusing cached teacher-mlp_large" in log for log in logs) == 3
 
 
+@pytest.mark.slow
 def test_the_sweep_summary_lists_overrides_and_results(sweep: Path) -> None:
     text = (sweep / "summary.md").read_text()
     assert "4 jobs" in text
@@ -71,6 +70,7 @@ def test_the_sweep_summary_lists_overrides_and_results(sweep: Path) -> None:
     }
 
 
+@pytest.mark.slow
 def test_wandb_groups_the_jobs_of_a_sweep(sweep: Path) -> None:
     for job in jobs(sweep):
         assert len(list(job.glob("wandb/offline-run-*/run-*.wandb"))) == 1
@@ -105,6 +105,7 @@ def test_summary_marks_jobs_without_a_report(tmp_path: Path) -> None:
     assert "Overrides common to every job: a=1" in (tmp_path / "summary.md").read_text()
 
 
+@pytest.mark.slow
 def test_optuna_search_maximises_the_validation_accuracy(tmp_path: Path) -> None:
     args = cli_job(tmp_path, "hparams_search=mnist1d_kd_optuna", "hydra.sweeper.n_trials=3")
     result = run_cli(args, tmp_path, timeout=600)
@@ -118,6 +119,7 @@ def test_optuna_search_maximises_the_validation_accuracy(tmp_path: Path) -> None
     assert 1.0 <= best["best_params"]["distill.kd.temperature"] <= 10.0
 
 
+@pytest.mark.slow
 def test_ddp_on_two_cpu_processes_gives_one_run_one_report_and_synchronised_metrics(tmp_path: Path) -> None:
     args = cli_job(tmp_path, "trainer=ddp_cpu", "logger=many", "compress=[prune,recover]", "compress.recover.epochs=2")
     result = run_cli(args, tmp_path, timeout=600, env=cli_env(WANDB_MODE="offline"))
@@ -135,6 +137,7 @@ def test_ddp_on_two_cpu_processes_gives_one_run_one_report_and_synchronised_metr
     assert logged[-1] == pytest.approx(report["student_val_accuracy"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_ddp_spawn_is_refused_with_a_reason(tmp_path: Path) -> None:
     result = run_cli(cli_job(tmp_path, "trainer=ddp_cpu", "trainer.strategy=ddp_spawn"), tmp_path)
     assert result.returncode == 2

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from tests.conftest import cli_env, compose_config, run_cli, tiny_job
+from tests.conftest import cli_env, cli_job, compose_config, run_cli, tiny_job
 
 from distill.assembly import TRAINER_KEYS_NOT_IN_CACHE_KEY, fit_payload
 from distill.errors import DistillError
@@ -89,10 +89,11 @@ def test_the_content_replaces_the_path_in_the_key(tmp_path: Path) -> None:
 # -- end to end: the data change, the run is cut short -----------------------------------------------
 
 
+@pytest.mark.slow
 def test_data_changed_under_the_same_path_retrains_the_teacher(tmp_path: Path) -> None:
     table = tmp_path / "mine.npz"
     write_table(table, 0)
-    job = [a for a in tiny_job(tmp_path) if not a.startswith("paths.output_dir")] + ["data=file", f"data.path={table}"]
+    job = cli_job(tmp_path, "data=file", f"data.path={table}")
     runs = tmp_path / "logs" / "train" / "runs"
     for _ in range(2):
         result = run_cli(job, tmp_path)
@@ -109,8 +110,9 @@ def test_data_changed_under_the_same_path_retrains_the_teacher(tmp_path: Path) -
     assert len(list((tmp_path / "logs" / "cache").glob("teacher-mlp_large-*.pt"))) == 2
 
 
+@pytest.mark.slow
 def test_a_teacher_cut_short_by_max_time_is_not_cached_as_the_full_recipe(tmp_path: Path) -> None:
-    job = [a for a in tiny_job(tmp_path, "teacher.mlp_large.fit.epochs=150") if not a.startswith("paths.output_dir")]
+    job = cli_job(tmp_path, "teacher.mlp_large.fit.epochs=150")
     cut = run_cli([*job, "+trainer.max_time=00:00:00:01"], tmp_path)
     assert cut.returncode == 0, cut.stderr[-2000:]
     run = sorted((tmp_path / "logs" / "train" / "runs").iterdir())[-1]
@@ -129,9 +131,10 @@ def test_a_teacher_cut_short_by_max_time_is_not_cached_as_the_full_recipe(tmp_pa
 # -- writes that fail ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_full_disk_leaves_the_previous_checkpoint_and_the_run_continues(tmp_path: Path) -> None:
     failing = ["+callbacks.disk._target_=tests.helpers.FailWritesAfterEpoch", "+callbacks.disk.stage=student"]
-    job = [a for a in tiny_job(tmp_path) if not a.startswith("paths.output_dir")] + failing
+    job = cli_job(tmp_path, *failing)
     result = run_cli(job, tmp_path, env=cli_env(DISTILL_TEST_FAIL_WRITES_EPOCH="4"))
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode == 2, result.stderr[-3000:]
@@ -158,6 +161,7 @@ def _can_mount_read_only(folder: Path) -> bool:
     return probe.returncode == 0
 
 
+@pytest.mark.slow
 def test_a_read_only_log_folder_is_one_line(tmp_path: Path) -> None:
     logs = tmp_path / "logs"
     logs.mkdir()
@@ -166,7 +170,7 @@ def test_a_read_only_log_folder_is_one_line(tmp_path: Path) -> None:
     import shlex
     import sys
 
-    job = " ".join(shlex.quote(a) for a in tiny_job(tmp_path) if not a.startswith("paths.output_dir"))
+    job = " ".join(shlex.quote(a) for a in cli_job(tmp_path))
     script = f"mount --bind -o ro {logs} {logs} && exec {sys.executable} -m distill.train {job}"
     result = subprocess.run(
         ["unshare", "-m", "sh", "-c", script], cwd=tmp_path, capture_output=True, text=True, env=cli_env(), timeout=300
@@ -222,13 +226,14 @@ def test_ckpt_path_last_continues_only_a_run_of_the_same_overrides(
         find_resume_dir("last", me, ours)
 
 
+@pytest.mark.slow
 def test_every_file_a_run_writes_is_readable_by_the_team(tmp_path: Path) -> None:
     """Written with the umask's permissions (0644 under umask 022), not tempfile's 0600: a shared cache works."""
     import os
 
     old = os.umask(0o022)
     try:
-        job = [a for a in tiny_job(tmp_path, "compress=[onnx,int8]") if not a.startswith("paths.output_dir")]
+        job = cli_job(tmp_path, "compress=[onnx,int8]")
         result = run_cli(job, tmp_path)
     finally:
         os.umask(old)

@@ -9,34 +9,12 @@ import torch
 
 pytest.importorskip("torchvision")
 
-from tests.conftest import compose_config  # noqa: E402
+from tests.conftest import CIFAR_SHORT_RECIPE, compose_config, vision_job  # noqa: E402
 
 from distill.spine import run  # noqa: E402
 
 
-def vision_job(tmp: Path, *extra: str) -> list[str]:
-    return [
-        "experiment=cifar_quick",
-        "data.num_train=400",
-        "data.num_test=200",
-        "data.val_size=100",
-        "data.batch_size=64",
-        "teacher=[resnet20]",
-        "teacher.resnet20.fit.epochs=2",
-        "teacher.resnet20.fit.batch_size=64",
-        "student.fit.epochs=2",
-        "student.fit.batch_size=64",
-        "student.baseline.epochs=2",
-        "student.baseline.batch_size=64",
-        "report.latency_repeats=2",
-        "report.latency_batch_sizes=[1,8]",
-        f"paths.root_dir={tmp}",
-        f"paths.output_dir={tmp}/run",
-        "callbacks.progress_bar.refresh_rate=0",
-        *extra,
-    ]
-
-
+@pytest.mark.slow
 def test_cifar_like_job_with_feature_and_relation_terms_and_onnx_export(tmp_path: Path) -> None:
     overrides = vision_job(
         tmp_path,
@@ -62,13 +40,10 @@ def test_cifar_like_job_with_feature_and_relation_terms_and_onnx_export(tmp_path
         assert column in logged
 
 
+@pytest.mark.slow
 def test_a_short_recipe_learns_the_cifar_like_task(tmp_path: Path) -> None:
     """Four epochs on 2,000 images: far above chance (0.1) for teacher and students, in about a minute."""
-    overrides = vision_job(
-        tmp_path, "data.num_train=2000", "teacher.resnet20.fit.epochs=4", "student.fit.epochs=4",
-        "student.baseline.epochs=4", "teacher.resnet20.fit.scheduler.milestones=[3]",
-        "student.fit.scheduler.milestones=[3]", "student.baseline.scheduler.milestones=[3]",
-    )  # fmt: skip
+    overrides = vision_job(tmp_path, *CIFAR_SHORT_RECIPE)
     rows = {r["model"]: r for r in run(compose_config(overrides))["models"]}
     assert rows["teacher:resnet20"]["accuracy"] > 0.5
     assert rows["student"]["accuracy"] > 0.3
