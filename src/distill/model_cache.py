@@ -26,6 +26,7 @@ from distill import distributed
 from distill.atomic import remove_stale_temporaries, write_text
 from distill.checkpoints import load_weights, read_checkpoint, save_model
 from distill.errors import DistillError
+from distill.history import history_of
 from distill.secrets import redact
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,20 @@ def _store(path: Path, label: str, key: str, payload: dict[str, Any], model: nn.
 
 # Why a model trained in this run was not cached, by the cache file it would have had.
 NOT_CACHED: dict[Path, str] = {}
+
+
+def history_path(path: Path) -> Path:
+    """Where the training history of the cache entry `path` is kept (JSON rows, one per epoch)."""
+    return path.with_name(path.name.removesuffix(".pt") + ".history.json")
+
+
+def cached_history(path: Path) -> list[dict[str, float]] | None:
+    """The training history stored with a cache entry, or None (an entry written without one, or unreadable)."""
+    try:
+        rows = json.loads(history_path(Path(path)).read_text())
+    except (OSError, ValueError):
+        return None
+    return rows if isinstance(rows, list) else None
 
 
 def stopped_early(trainer: Any) -> str | None:
@@ -122,6 +137,9 @@ def _finish(path: Path, label: str, key: str, payload: dict[str, Any], model: nn
         return
     NOT_CACHED.pop(path, None)
     _store(path, label, key, payload, model)
+    rows = history_of(trainer)
+    if rows is not None:  # how it was trained, for the runs that reuse it
+        write_text(history_path(path), json.dumps(rows))
 
 
 def cached_model(

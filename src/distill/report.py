@@ -107,6 +107,7 @@ def publish_report(
     failure: dict[str, str] | None = None,
     extra: dict[str, Any] | None = None,
     summary: dict[str, float] | None = None,
+    histories: dict[str, list[dict[str, float]]] | None = None,
 ) -> dict[str, Any]:
     """Print the table; write report.json, report.md and report.png to `out`; send them to the loggers.
 

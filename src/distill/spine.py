@@ -35,8 +35,9 @@ from distill.callbacks import kept_epoch
 from distill.checkpoints import load_weights, read_checkpoint
 from distill.compress.base import StageResult
 from distill.errors import DistillError
+from distill.history import StageHistory
 from distill.measure import size_and_speed, trainable_parameters
-from distill.model_cache import cached_model, source_of
+from distill.model_cache import cached_history, cached_model, source_of
 from distill.report import publish_report
 from distill.resume import mark_continued
 from distill.runtime import prepare_run
@@ -69,6 +70,7 @@ class Job:
         self.cfg, self.task, self.dm = cfg, task, dm
         self.loggers: list[Any] = loggers or []
         self.callbacks: list[L.Callback] = []  # added to every stage's Trainer (benchmarks time epochs this way)
+        self.histories: dict[str, list[dict[str, float]]] = {}  # stage -> one row of metrics per epoch
 
     def train(
         self,
@@ -85,8 +87,10 @@ class Job:
         loader = check_contract(task.train_loader(dm, fit, role), Batches, f"{stage} training batches")
         task.prepare_module(module, loader)
         trainer = make_trainer(self.cfg, stage, fit.epochs, self.loggers, fit=fit, monitor=task.monitor)
-        trainer.callbacks.extend(self.callbacks)
+        history = StageHistory(stage)
+        trainer.callbacks.extend([*self.callbacks, history])
         fit_stage(self.cfg, trainer, module, loader, task.val_loader(dm))
+        self.histories[stage] = history.rows
         return trainer, module
 
     def cached(self, label: str, kind: str, node: DictConfig, fit: DictConfig, model: nn.Module, role: str) -> str:
@@ -95,10 +99,13 @@ class Job:
         payload = fit_payload(
             cfg, task.cache_prefix + kind, node, fit, task.data_config(cfg), dm=self.dm, **task.cache_extra(self.dm, node)
         )  # fmt: skip
+        stage = label.replace("-", "_")
         path, reused = cached_model(
             Path(cfg.paths.cache_dir), task.cache_prefix + label, payload, model,
-            lambda m: self.train(m, fit, label.replace("-", "_"), role)[0],
+            lambda m: self.train(m, fit, stage, role)[0],
         )  # fmt: skip
+        if reused and (rows := cached_history(path)) is not None:
+            self.histories[stage] = rows  # how the cached model was trained, in the run that reuses it
         return source_of(path, reused)
 
     def teacher(self, name: str, spec: Any, model: nn.Module) -> str:
@@ -280,10 +287,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             row["trainable_parameters"] = trained[row["model"]]
         if row["model"] in infos:
             row["stage"] = infos[row["model"]]
-    context = RunContext(cfg, dm, models, rows, module, trainer, seconds, out, job.loggers)
+    context = RunContext(cfg, dm, models, rows, module, trainer, seconds, out, job.loggers, job.histories)
     extra = {"distill_seconds": seconds, "student_epoch_kept": kept_epoch(trainer), **task.report_extra(context)}
     title = f"{cfg.task_name}: {', '.join(teacher_names) or 'no teacher'} → student"
     report = publish_report(rows, out, job.loggers, title=title, failure=failure, extra=extra,
-                            summary=task.summary(rows))  # fmt: skip
+                            summary=task.summary(rows), histories=job.histories)  # fmt: skip
     mark_continued(cfg.get("resume_dir"), out)
     return report

@@ -17,7 +17,7 @@ from __future__ import annotations
 import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -225,3 +225,4 @@ class RunContext:
     seconds: float  # the student's distillation, wall time
     out: Path
     loggers: list[Any]
+    histories: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # stage -> per-epoch metrics
