@@ -338,7 +338,9 @@ def test_report_counts_what_trained_in_this_run(tmp_path: Path) -> None:
     assert rows["teacher:pretrained"]["trainable_parameters"] == 0
     assert rows["baseline"]["trainable_parameters"] == rows["student"]["trainable_parameters"] == adapters
     assert rows["student"]["parameters"] > 10 * adapters
-    payloads = [json.loads(p.read_text()) for p in (tmp_path / "logs" / "cache").glob("lm-baseline-*.json")]
+    payloads = [
+        json.loads(p.with_suffix(".json").read_text()) for p in (tmp_path / "logs" / "cache").glob("lm-baseline-*.pt")
+    ]
     assert [p["model_files"] for p in payloads] == [folder_fingerprint(tmp_path / "student")]
 
 

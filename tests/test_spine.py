@@ -87,3 +87,26 @@ def test_a_build_error_says_which_key_and_where_code_is_imported_from(tmp_path: 
     cfg = compose_config(tiny_job(tmp_path, "student.net._target_=my_pkg.nets.Net"))
     with pytest.raises(DistillError, match=rf"no module 'my_pkg' here: .*starts in \({tmp_path}\)"):
         build(cfg.student.net, "student")
+
+
+def test_lm_recipes_clip_gradients_like_classification_ones() -> None:
+    """`fit.gradient_clip_val` clips the gradient norm in every task (SGD at lr 1: the update is the clipped step)."""
+    import lightning as L
+    import torch
+
+    from distill.llm.data import SequenceBatches
+    from distill.llm.models import causal_lm
+    from distill.llm.module import LMDistillationModule
+
+    torch.manual_seed(0)
+    model = causal_lm(40, hidden_size=16, num_hidden_layers=1, intermediate_size=32, num_attention_heads=2,
+                      num_key_value_heads=2)  # fmt: skip
+    module = LMDistillationModule(model, {}, {}, optimizer=lambda p: torch.optim.SGD(p, lr=1.0), gradient_clip_val=1e-3)
+    ids = torch.randint(0, 40, (8, 10), generator=torch.Generator().manual_seed(0))
+    split = {"input_ids": ids, "labels": ids.clone(), "attention_mask": torch.ones_like(ids)}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(module, SequenceBatches(split, 8))
+    step = torch.sqrt(sum(((p.detach() - before[n]) ** 2).sum() for n, p in model.named_parameters()))
+    assert float(step) == pytest.approx(1e-3, rel=1e-3)

@@ -124,7 +124,10 @@ def test_a_teacher_cut_short_by_max_time_is_not_cached_as_the_full_recipe(tmp_pa
     run = sorted((tmp_path / "logs" / "train" / "runs").iterdir())[-1]
     assert sources(run)["teacher:mlp_large"].startswith("trained, cached as teacher-mlp_large-")
     assert (
-        "max_time" not in json.loads(next((tmp_path / "logs" / "cache").glob("teacher-*.json")).read_text())["trainer"]
+        "max_time"
+        not in json.loads(next((tmp_path / "logs" / "cache").glob("teacher-*.pt")).with_suffix(".json").read_text())[
+            "trainer"
+        ]
     )
 
 

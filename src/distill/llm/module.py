@@ -87,6 +87,7 @@ class LMDistillationModule(TeacherStudentModule):
         prefix: str = "student",
         pad_token_id: int = 0,
         eos_token_id: int | None = None,
+        gradient_clip_val: float | None = None,
     ) -> None:
         super().__init__(student, optimizer, scheduler, teachers, prefix)
         for name, value in (("on_policy_fraction", on_policy_fraction), ("sequence_kd_fraction", sequence_kd_fraction)):
@@ -105,6 +106,7 @@ class LMDistillationModule(TeacherStudentModule):
         self.hidden = any(term.student_layers for term in self.terms.values())
         self._val: dict[str, float] = {}
         self.generated_batches = {"on_policy": 0, "sequence_kd": 0}
+        self.gradient_clip_val = gradient_clip_val
 
     @property
     def student(self) -> nn.Module:
@@ -233,6 +235,16 @@ class LMDistillationModule(TeacherStudentModule):
             self.log(f"{self.prefix}/train/{name}", value.detach(), on_step=False, on_epoch=True, batch_size=bs)
         self.log(f"{self.prefix}/train/loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True, batch_size=bs)
         return loss
+
+    def configure_gradient_clipping(
+        self, optimizer: Any, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
+    ) -> None:
+        """The recipe's `fit.gradient_clip_val` (gradient norm), else the Trainer's setting."""
+        value = self.gradient_clip_val or gradient_clip_val
+        if value:
+            self.clip_gradients(
+                optimizer, gradient_clip_val=value, gradient_clip_algorithm=gradient_clip_algorithm or "norm"
+            )
 
     def probe(self, batch: dict[str, Tensor]) -> None:
         """Build the terms' parameters (hidden-state projections) from one batch, before the optimiser exists."""

@@ -173,7 +173,7 @@ class CausalLMTask(Task):
             on_policy_fraction=cfg.on_policy_fraction if teachers else 0.0,
             sequence_kd_fraction=cfg.sequence_kd_fraction if teachers else 0.0,
             prompt_len=gen.prompt_len, generation_temperature=gen.temperature, seed=cfg.seed, prefix=stage,
-            pad_token_id=dm.pad_token_id, eos_token_id=dm.eos_token_id,
+            pad_token_id=dm.pad_token_id, eos_token_id=dm.eos_token_id, gradient_clip_val=fit.get("gradient_clip_val"),
         )  # fmt: skip
 
     def train_loader(self, dm: Any, fit: DictConfig, role: str) -> Any:
