@@ -5,6 +5,7 @@ command line, the SLURM cluster of the SLURM tests, and skipping `gpu` tests wit
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -134,6 +135,30 @@ def _one_thread_unless_slow(request: pytest.FixtureRequest) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _no_lightning_handler_on_a_closed_stream() -> Iterator[None]:
+    """`import lightning` adds a StreamHandler bound to the sys.stderr of that moment: under pytest's capture
+    (capsys), a stream closed when that test ends, and every later Lightning log line ended in
+    `--- Logging error --- ValueError: I/O operation on closed file`. Lightning's own handlers go after
+    each test: its lines reach the root logger, as they do in a run (distill.console.adopt_lightning_loggers)."""
+    yield
+    if "lightning" in sys.modules:
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+            logger = logging.getLogger(name)
+            for handler in [h for h in logger.handlers if type(h) is logging.StreamHandler]:
+                logger.removeHandler(handler)
+            logger.propagate = True
+    # The same for handlers an in-process Hydra run configured (its colorlog formatter asks its stream isatty()).
+    for logger in [
+        logging.getLogger(),
+        *(v for v in logging.Logger.manager.loggerDict.values() if isinstance(v, logging.Logger)),
+    ]:
+        for handler in list(logger.handlers):
+            streams = (getattr(handler, "stream", None), getattr(handler.formatter, "stream", None))
+            if any(getattr(stream, "closed", False) for stream in streams):
+                logger.removeHandler(handler)
 
 
 @pytest.fixture

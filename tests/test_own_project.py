@@ -331,8 +331,8 @@ def test_each_command_lists_its_own_groups(project: Path) -> None:
     def groups(script: str) -> dict[str, str]:
         result = command(project, "--help", script=script, timeout=120)
         assert result.returncode == 0, result.stderr[-3000:]
-        block = result.stdout.split("== Configuration groups ==", 1)[1].split("== Config ==", 1)[0]
-        return dict(line.split(": ", 1) for line in block.strip().splitlines())
+        block = result.stdout.split("\n== Config groups", 1)[1].split("\n", 1)[1].split("\n\n", 1)[0]
+        return dict(line.split(": ", 1) for line in block.replace("\n    ", " ").strip().splitlines())
 
     train = groups("distill-train")
     assert {"data", "teacher", "student", "distill", "compress", "trainer", "experiment"} <= set(train)

@@ -141,13 +141,13 @@ def test_wandb_logs_offline_without_an_api_key(tmp_path: Path, monkeypatch) -> N
     )
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
-    table = json.loads(next(runs[0].rglob("report_*.table.json")).read_text())
+    table = json.loads(next(runs[0].rglob("report_table_*.table.json")).read_text())
     assert table["columns"][0] == "model" and [row[0] for row in table["data"]] == [
         "teacher:mlp_large",
         "baseline",
         "student",
     ]
-    assert next(runs[0].rglob("report_plot_*.png")).stat().st_size > 5000
+    assert next(runs[0].rglob("plots/report_*.png")).stat().st_size > 5000
     records = next(runs[0].glob("run-*.wandb")).read_bytes()  # offline runs keep config and metrics here
     for text in (b"distill.nets.MLP", b"student/val/acc", b"report/student/accuracy", b"teacher_mlp_large/train/loss"):
         assert text in records, text

@@ -148,21 +148,43 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
     def extra(node: DictConfig) -> dict[str, Any]:
         if "Wandb" not in node._target_:
             return {}
+        import wandb
+
+        from distill import tracking
+
         kwargs: dict[str, Any] = {}
         if group and not node.get("group"):
             kwargs["group"] = group
             log.info("W&B group: %s (the jobs of this sweep)", group)
-        if command_line_has_secret(sys.argv[1:]):  # W&B records the command line in its run metadata
-            import wandb
+        if not node.get("name"):  # named after what sets this run apart; a name set by the user wins
+            from distill.secrets import REDACTED, redact_override
 
+            overrides = [o for o in command_overrides() or [] if REDACTED not in redact_override(o)]
+            kwargs["name"] = tracking.run_name(overrides, str(cfg.task_name), tracking.swept_keys())
+        kwargs["tags"] = list(dict.fromkeys([*(node.get("tags") or []), *tracking.run_tags(cfg)]))
+        # W&B's own console output (a banner, a history summary, a sync hint) stays off: the report says
+        # where the run is (distill.report), and train.log has the console.
+        settings: dict[str, Any] = {"silent": True, "console": "off"}
+        if command_line_has_secret(sys.argv[1:]):  # W&B records the command line in its run metadata
             log.warning("A credential is on the command line: W&B will not record the run's metadata")
-            kwargs["settings"] = wandb.Settings(x_disable_meta=True)
+            settings["x_disable_meta"] = True
+        if node.get("settings") is None or settings.get("x_disable_meta"):
+            kwargs["settings"] = wandb.Settings(**settings)
         return kwargs
 
     loggers = [build(n, f"logger {n._target_}", **extra(n)) for n in nodes]
     config = redact(OmegaConf.to_container(cfg, resolve=True))
+    from distill.tracking import remember_params, run_params
+
+    params = run_params(cfg)
     for logger in loggers:
+        init = getattr(logger, "_wandb_init", None)
+        if isinstance(init, dict) and not init.get("anonymous"):
+            init.pop("anonymous", None)  # Lightning passes anonymous=None: W&B warns that it is deprecated
+        if isinstance(init, dict):
+            log.info("W&B run '%s', tags: %s", init.get("name"), ", ".join(init.get("tags") or []))
         logger.log_hyperparams(config)
+        remember_params(logger, params)
     return loggers
 
 

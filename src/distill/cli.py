@@ -93,7 +93,8 @@ def register_resolvers() -> None:
     from omegaconf import OmegaConf
 
     OmegaConf.register_new_resolver("job_id", job_id, use_cache=True, replace=True)
-    OmegaConf.register_new_resolver("distill_help_groups", lambda: help_groups(), replace=True)  # defined below
+    # cached: Hydra reads the help template twice (`_fast_help`), the groups are listed once
+    OmegaConf.register_new_resolver("distill_help_groups", lambda: help_groups(), use_cache=True, replace=True)
 
 
 register_resolvers()  # at import: a SLURM job imports this module before Hydra resolves its run folder
@@ -233,13 +234,17 @@ def check_group_choices(argv: list[str], config_dir: str = CONFIG_DIR, config_na
     return None
 
 
-def help_groups() -> str:
-    """`--help`'s list of config groups: those named by the primary config's defaults list, with their options.
+def help_groups(width: int = 100) -> str:
+    """`--help`'s config groups: those the primary config's defaults list names, in its order, with their options.
 
-    A resolver of the help template (configs/hydra/default.yaml), so that each entry point lists
-    its own groups (`distill-train` not those of `distill-lm`), with the options of every folder
-    of the run's search path.
+    A resolver of the help template (configs/hydra/default.yaml): each entry point lists its own
+    groups (`distill-train` not those of `distill-lm`), with the options of every folder of the
+    run's search path (./configs, configs/local, --config-dir, hydra.searchpath), base files left
+    out (`base_options`). A group with no option file (`local` without configs/local/default.yaml)
+    is left out; a line longer than `width` goes on, indented, on the next ones.
     """
+    import textwrap
+
     from hydra._internal.config_repository import ConfigRepository
     from hydra._internal.config_search_path_impl import ConfigSearchPathImpl
     from hydra.core.default_element import ConfigDefault, GroupDefault
@@ -268,11 +273,72 @@ def help_groups() -> str:
 
     collect(hydra_cfg.job.config_name, set())
     lines = []
-    for group in sorted(groups):
-        options = sorted(set(repo.get_group_options(group, ObjectType.CONFIG)))
-        if options:
-            lines.append(f"{group}: {', '.join(options)}")
+    for group in groups:
+        options = set(repo.get_group_options(group, ObjectType.CONFIG))
+        shown = sorted(options - base_options(repo, group, options))
+        if shown:
+            line = f"{group}: {', '.join(shown)}"
+            lines += textwrap.wrap(
+                line, width, subsequent_indent="    ", break_long_words=False, break_on_hyphens=False
+            )
     return "\n".join(lines)
+
+
+# Option names that, when other options of their group extend them, hold what those share (base files).
+_BASE_NAMES = ("default", "base")
+
+
+def base_options(repo: Any, group: str, options: set[str]) -> set[str]:
+    """The base files among a group's options, which `--help` leaves out (they can still be chosen).
+
+    A base file is an option named `*_base` (experiment/cifar100_base.yaml, which the cifar100_*
+    experiments extend), or one named `default` or `base` that another option of the group extends
+    through its defaults list (trainer/default.yaml, which cpu, gpu, ddp ... extend). An option that
+    others extend under another name stays: student/mlp.yaml (mlp_small extends it) and
+    logger/csv.yaml (many extends it) are options of their own.
+    """
+    from hydra.core.default_element import ConfigDefault
+
+    bases = {name for name in options if name.endswith("_base")}
+    candidates = (set(_BASE_NAMES) & options) - bases
+    for name in sorted(options - candidates) if candidates else []:
+        loaded = repo.load_config(f"{group}/{name}")
+        for element in (loaded.defaults_list or []) if loaded is not None else []:
+            if isinstance(element, ConfigDefault) and element.path:
+                path = element.path
+                extended = path[len(group) + 2 :] if path.startswith(f"/{group}/") else path
+                if extended in candidates:
+                    bases.add(extended)
+    return bases
+
+
+def _fast_help() -> None:
+    """Let Hydra's `--help` skip the lists of every config group that the help template does not show.
+
+    Hydra fills $APP_CONFIG_GROUPS and $HYDRA_CONFIG_GROUPS before it reads the template, each by
+    listing every group of the search path (some 160 copies of the config repository: ~0.8 s); the
+    project's template shows its own list (`help_groups`) instead. A template that names either
+    field (`hydra.help.template=...`, `--hydra-help`) still gets it.
+    """
+    try:
+        from hydra._internal.hydra import Hydra
+    except ImportError:
+        return
+    original = getattr(Hydra, "get_help", None)
+    if original is None or getattr(original, "_distill_fast", False):
+        return
+
+    def get_help(self: Any, help_cfg: Any, *args: Any, **kwargs: Any) -> str:
+        if "CONFIG_GROUPS" in str(help_cfg.template):
+            return original(self, help_cfg, *args, **kwargs)
+        self.format_config_groups = lambda *_, **__: ""  # shadows the method for this call only
+        try:
+            return original(self, help_cfg, *args, **kwargs)
+        finally:
+            del self.format_config_groups
+
+    get_help._distill_fast = True  # type: ignore[attr-defined]
+    Hydra.get_help = get_help  # type: ignore[method-assign]
 
 
 def check_strategy_overrides(argv: list[str]) -> str | None:
@@ -437,6 +503,8 @@ def guarded(hydra_main: Callable[[], Any]) -> None:
 
     argv = sys.argv[1:]
     make_cwd_importable()
+    if "--help" in argv or "-h" in argv:
+        _fast_help()  # the project's help, without Hydra's lists of every group
     problem = check_group_choices(argv, config_name=_primary_config_name(hydra_main)) or check_strategy_overrides(argv)
     if problem:
         print(f"error: {scrub(problem)}", file=sys.stderr)

@@ -6,6 +6,7 @@ import hydra
 from omegaconf import DictConfig
 
 from distill.cli import CONFIG_DIR, guarded, run_task
+from distill.console import install_log_filters
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -97,6 +98,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     """Entry point (`distill-eval`)."""
+    install_log_filters()  # Lightning's banner and srun hint, submitit's sacct errors (distill.console)
     guarded(hydra_main)
 
 

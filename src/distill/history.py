@@ -37,7 +37,7 @@ class StageHistory(L.Callback):
         prefix = f"{self.stage}/"
         row: dict[str, float] = {"epoch": self._pending}
         for key, value in trainer.callback_metrics.items():
-            if key.startswith(prefix):
+            if key.startswith(prefix) and key != f"{prefix}epoch":  # the stage's x-axis (distill.tracking)
                 number = float(value)
                 if math.isfinite(number):
                     row[key[len(prefix) :]] = number

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
-from distill.atomic import atomic_write, write_text
+from distill.atomic import write_text
 
 log = logging.getLogger(__name__)
 
@@ -53,46 +54,26 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def print_table(rows: list[dict[str, Any]], title: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
+def print_table(rows: list[dict[str, Any]], title: str, console: Any = None) -> None:
+    """The table on stdout (or `console`, a rich Console): fitted to a terminal's width (short headers, then
+    the least telling columns left out and named); without a terminal in full and without colour codes."""
+    from distill.console import print_report_table
 
-    table = Table(title=title)
-    keys = _columns(rows)
-    for k in keys:
-        table.add_column(_header(k), justify="left" if k == "model" else "right")
-    for r in rows:
-        table.add_row(*(_cell(k, r.get(k)) for k in keys))
-    console = Console()
-    if not console.is_terminal:  # logs and CI: no terminal width to respect
-        console = Console(width=200)
-    console.print(table)
+    print_report_table(rows, title, console)
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    """Test accuracy against bytes on disk and against batch-1 latency (log scales), one point per model."""
-    import matplotlib
+    """Test accuracy (perplexity) against bytes on disk and against batch-1 latency, one legend entry per model."""
+    from distill.plots import plot_report, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    save(plot_report(rows), path)
 
-    latency = next((k for k in _columns(rows) if k.startswith("latency_ms_batch_")), None)
-    axes_keys = [("bytes", "bytes on disk")] + ([(latency, _header(latency))] if latency else [])
-    fig, axes = plt.subplots(1, len(axes_keys), figsize=(6 * len(axes_keys), 4), dpi=110, squeeze=False)
-    metric = "accuracy" if all("accuracy" in r for r in rows) else "perplexity"
-    for ax, (key, label) in zip(axes[0], axes_keys, strict=True):
-        for r in rows:
-            ax.scatter(r[key], r[metric], s=40)
-            ax.annotate(r["model"], (r[key], r[metric]), textcoords="offset points", xytext=(5, 4), fontsize=8)
-        ax.set_xscale("log")
-        ax.set_xlabel(label)
-        ax.set_ylabel(f"test {metric}")
-        ax.grid(True, alpha=0.3)
-    fig.suptitle(f"{metric} vs. size and latency")
-    fig.tight_layout()
-    with atomic_write(path) as f:
-        fig.savefig(f, format="png")
-    plt.close(fig)
+
+def plot_curves(histories: dict[str, list[dict[str, float]]] | None, path: Path) -> bool:
+    """Every stage's training loss (and loss terms) and validation metric per epoch; False when nothing was recorded."""
+    from distill.plots import write_curves
+
+    return write_curves(histories, path) is not None
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -119,22 +100,60 @@ def publish_report(
     if failure:
         report["failed"] = failure
     plot(rows, out / "report.png")
+    curves = plot_curves(histories, out / "curves.png")  # training curves of every stage, when recorded
     summary = "".join(f"- {k.replace('_', ' ')}: {v:.4f}\n" for k, v in report["summary"].items())
     if failure:
         summary += f"- compression stopped: stage '{failure['stage']}' failed: {failure['error']}\n"
     _write_atomic(
-        out / "report.md", f"# {title}\n\n{markdown_table(rows)}\n\n{summary}\n![accuracy vs size](report.png)\n"
+        out / "report.md",
+        f"# {title}\n\n{markdown_table(rows)}\n\n{summary}\n![accuracy vs size](report.png)\n"
+        + ("\n![training curves](curves.png)\n" if curves else ""),
     )
     _write_atomic(out / "report.json", json.dumps(report, indent=2))
     print_table(rows, title)
     for k, v in report["summary"].items():
         log.info("%s: %.4f", k.replace("_", " "), v)
     log.info("Report written to %s", out / "report.json")
-    _log_to_loggers(rows, report["summary"], out / "report.png", loggers)
+    _log_to_loggers(report, out, loggers)
     return report
 
 
-def _log_to_loggers(rows: list[dict[str, Any]], summary: dict[str, float], image: Path, loggers: list[Any]) -> None:
+def headline(report: dict[str, Any]) -> dict[str, float]:
+    """The run's figures for TensorBoard's hparams: the student's, the baseline's and the best teacher's
+    test metric, the last compressed model's, the summary (gap closed, ...) and the validation metric."""
+    rows = report["models"]
+    metric, best = ("accuracy", max) if any("accuracy" in r for r in rows) else ("perplexity", min)
+    by_name = {r["model"]: r for r in rows}
+    out: dict[str, float] = {}
+    for name in ("student", "baseline"):
+        if isinstance(by_name.get(name, {}).get(metric), (int, float)):
+            out[f"{name}_{metric}"] = by_name[name][metric]
+    teachers = [r[metric] for r in rows if r.get("role") == "teacher" and isinstance(r.get(metric), (int, float))]
+    if teachers:
+        out[f"teacher_{metric}"] = best(teachers)
+    if isinstance(by_name.get("student", {}).get("bytes"), (int, float)):
+        out["student_bytes"] = by_name["student"]["bytes"]
+    compressed = [r for r in rows if r.get("role") == "compressed"]
+    if compressed:
+        out.update({f"final_{k}": compressed[-1][k] for k in (metric, "bytes") if k in compressed[-1]})
+    out.update(report.get("summary") or {})
+    out.update({k: v for k, v in report.items() if k.startswith("student_val_") and isinstance(v, (int, float))})
+    return {f"hparams/{k}": float(v) for k, v in out.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _png(path: Path) -> Any:
+    import matplotlib.image
+
+    return matplotlib.image.imread(str(path))[..., :3]  # HWC floats in [0, 1], without alpha
+
+
+def _log_to_loggers(report: dict[str, Any], out: Path, loggers: list[Any]) -> None:
+    """Send the report to the loggers: `report/*` scalars to all; the table (`report_table`) and the
+    plots (`plots/report`, `plots/curves`) to W&B and TensorBoard; TensorBoard's hparams with the
+    run's real figures. Then each logger is finished (W&B: one line says where the run is)."""
+    from distill.tracking import params_of
+
+    rows, summary = report["models"], report["summary"]
     metrics = {f"report/{r['model']}/{k}": v for r in rows for k, v in r.items() if isinstance(v, (int, float))}
     metrics.update(  # what each compression stage said of itself (sparsity, parity error, ...)
         {
@@ -145,13 +164,46 @@ def _log_to_loggers(rows: list[dict[str, Any]], summary: dict[str, float], image
         }
     )
     metrics.update({f"report/{k}": v for k, v in summary.items()})
+    images = {key: out / name for key, name in (("plots/report", "report.png"), ("plots/curves", "curves.png"))}
+    images = {key: path for key, path in images.items() if path.is_file()}
+    lines = "".join(f"- {k.replace('_', ' ')}: {v:.4f}\n" for k, v in summary.items())
+    text = f"## {report['title']}\n\n{markdown_table(rows)}\n\n{lines}"
     for logger in loggers:
+        kind = type(logger).__name__
         logger.log_metrics(metrics)
-        if type(logger).__name__ == "WandbLogger":
+        if kind == "WandbLogger":
             keys = _columns(rows)
-            logger.log_table(key="report", columns=keys, data=[[r.get(k) for k in keys] for r in rows])
-            logger.log_image(key="report_plot", images=[str(image)])
+            logger.log_table(key="report_table", columns=keys, data=[[r.get(k) for k in keys] for r in rows])
+            for key, path in images.items():
+                logger.log_image(key=key, images=[str(path)])
+        elif kind == "TensorBoardLogger":
+            writer = logger.experiment
+            writer.add_text("report_table", text, 0)
+            for key, path in images.items():
+                writer.add_image(key, _png(path), 0, dataformats="HWC")
+            logger.log_hyperparams(params_of(logger) or {"task": report["title"]}, metrics=headline(report))
         logger.save()
         logger.finalize("success")
-        if type(logger).__name__ == "WandbLogger":
-            logger.experiment.finish()  # writes the run summary; the next run starts a new W&B run
+        if kind == "WandbLogger":
+            _finish_wandb(logger.experiment, out)
+
+
+def _finish_wandb(run: Any, out: Path) -> None:
+    """Finish the W&B run (it writes its summary; the next run starts a new one) and say where it is."""
+    if not callable(getattr(run, "finish", None)):
+        return
+    settings = getattr(run, "settings", None)
+    offline = bool(getattr(settings, "_offline", False))
+    sync_dir = getattr(settings, "sync_dir", None)
+    url = None if offline else getattr(run, "url", None)
+    files = getattr(run, "dir", None)  # what lies here is uploaded with the run
+    for path in sorted(out.glob("*.log")) if files else []:  # the console (W&B does not capture it)
+        try:
+            shutil.copy(path, Path(files) / path.name)
+        except OSError as err:  # the log is a convenience, the run is what matters
+            log.debug("could not copy %s into the W&B run: %s", path, err)
+    run.finish()
+    if offline and sync_dir:
+        log.info("W&B: logged offline to %s; upload with: wandb sync %s", sync_dir, sync_dir)
+    elif url:
+        log.info("W&B: %s", url)

@@ -34,6 +34,7 @@ from distill.assembly import (
 from distill.callbacks import kept_epoch
 from distill.checkpoints import load_weights, read_checkpoint
 from distill.compress.base import StageResult
+from distill.console import announce_stage
 from distill.errors import DistillError
 from distill.history import StageHistory
 from distill.measure import size_and_speed, trainable_parameters
@@ -42,6 +43,7 @@ from distill.report import publish_report
 from distill.resume import mark_continued
 from distill.runtime import prepare_run
 from distill.tasks.base import Batches, CompressionStage, DataModule, RunContext, Task, check_contract
+from distill.tracking import StageAxis, log_history
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +84,14 @@ class Job:
         terms: dict[str, Any] | None = None,
     ) -> tuple[L.Trainer, L.LightningModule]:
         """Fit `model` with the `fit` recipe: on the data alone, or distilled from `teachers` by `terms`."""
+        announce_stage(self.cfg, stage, fit.epochs)  # one line instead of each Trainer's banner
         task, dm = self.task, self.dm
         module = task.module(self.cfg, model, fit, dm, stage, teachers, terms)
         loader = check_contract(task.train_loader(dm, fit, role), Batches, f"{stage} training batches")
         task.prepare_module(module, loader)
         trainer = make_trainer(self.cfg, stage, fit.epochs, self.loggers, fit=fit, monitor=task.monitor)
         history = StageHistory(stage)
-        trainer.callbacks.extend([*self.callbacks, history])
+        trainer.callbacks.extend([*self.callbacks, history, StageAxis(stage)])
         fit_stage(self.cfg, trainer, module, loader, task.val_loader(dm))
         self.histories[stage] = history.rows
         return trainer, module
@@ -106,6 +109,7 @@ class Job:
         )  # fmt: skip
         if reused and (rows := cached_history(path)) is not None:
             self.histories[stage] = rows  # how the cached model was trained, in the run that reuses it
+            log_history(self.loggers, stage, rows)  # its curves, in this run's loggers
         return source_of(path, reused)
 
     def teacher(self, name: str, spec: Any, model: nn.Module) -> str:

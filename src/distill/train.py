@@ -6,11 +6,13 @@ import hydra
 from omegaconf import DictConfig
 
 from distill.cli import CONFIG_DIR, guarded, run_task
+from distill.console import install_log_filters
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def hydra_main(cfg: DictConfig) -> float | None:
     """Train (or reuse) the teachers and the baseline, distill the student, write the report."""
+    install_log_filters()  # also here: a SLURM job runs this function without main()
     from distill.extras import apply_extras  # heavy imports only once the command line is parsed
     from distill.spine import run
 
@@ -22,6 +24,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     """Entry point (`distill-train`)."""
+    install_log_filters()  # Lightning's banner and srun hint, submitit's sacct errors (distill.console)
     guarded(hydra_main)
 
 
