@@ -92,6 +92,24 @@ def test_a_tiny_pair_is_distilled_and_measured(lm_report) -> None:
 
 
 @pytest.mark.slow
+def test_the_student_is_written_as_a_hugging_face_folder(lm_report) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp, _ = lm_report
+    folder = tmp / "run" / "student_hf"
+    loaded = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True)
+    saved = torch.load(tmp / "run" / "student.ckpt", weights_only=True)["state_dict"]
+    weights = loaded.state_dict()
+    assert set(saved) == set(weights)
+    for name, tensor in saved.items():
+        assert torch.equal(weights[name], tensor), name  # the distilled student's weights, as measured
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    assert len(tokenizer) == loaded.config.vocab_size
+    assert tokenizer.decode(tokenizer("def f(x):\n    return x")["input_ids"]) == "def f(x):\n    return x"
+
+
+@pytest.mark.slow
 def test_vocabulary_mismatch_is_refused_before_training(tmp_path: Path) -> None:
     model = causal_lm(500, hidden_size=16, num_hidden_layers=1, intermediate_size=32, **TINY)
     model.save_pretrained(tmp_path / "teacher")

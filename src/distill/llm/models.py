@@ -134,6 +134,37 @@ def with_lora(
         raise DistillError(f"LoRA: {err}") from None
 
 
+def export_pretrained(model: nn.Module, folder: Path, tokenizer: Any = None, merge_lora: bool = True) -> Path:
+    """Write `model` (and its `tokenizer`) as a Hugging Face folder that `from_pretrained` loads.
+
+    A LoRA (peft) model is written with its adapters merged into the base weights
+    (`AutoModelForCausalLM.from_pretrained(folder)` gives the trained student), or, with
+    `merge_lora=False`, as an adapter folder for `peft.PeftModel.from_pretrained(base, folder)`.
+    `model` itself is left as it is. Returns `folder`.
+    """
+    import copy
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    to_save = model
+    if merge_lora and hasattr(model, "merge_and_unload"):
+        to_save = copy.deepcopy(model).merge_and_unload()  # the base weights plus B @ A, adapters gone
+    if not hasattr(to_save, "save_pretrained"):
+        raise DistillError(f"cannot export a {type(to_save).__name__} as a Hugging Face folder (no save_pretrained)")
+    config = getattr(to_save, "config", None)
+    use_cache = getattr(config, "use_cache", None)
+    if config is not None and use_cache is False:
+        config.use_cache = True  # off only while training here; generation with the exported model wants it
+    try:
+        to_save.save_pretrained(folder)
+    finally:
+        if config is not None and use_cache is False:
+            config.use_cache = False
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    return folder
+
+
 def float32_trainable(model: nn.Module) -> nn.Module:
     """Every parameter that trains held in float32 (frozen ones, such as LoRA's base weights, keep their dtype).
 

@@ -30,6 +30,7 @@ from distill.llm.models import (
     check_precision,
     check_pretrained_source,
     check_vocabularies,
+    export_pretrained,
     float32_trainable,
 )
 from distill.llm.module import LMDistillationModule, teacher_choice, token_stats
@@ -185,6 +186,10 @@ class CausalLMTask(Task):
     def save_student(self, path: Path, student: nn.Module, cfg: DictConfig, dm: Any) -> None:
         net = OmegaConf.to_container(cfg.lm_student.model, resolve=True)
         save_model(path, student, net=net, vocab_size=dm.vocab_size)
+        export = cfg.get("export") or {}
+        folder = path.parent / export.get("folder", "student_hf")
+        export_pretrained(student, folder, dm.tokenizer, merge_lora=export.get("merge_lora", True))
+        log.info("Student written as a Hugging Face folder: %s (AutoModelForCausalLM.from_pretrained)", folder)
 
     def stage_context(self, dm: Any, out_dir: Path, redistill: Any) -> StageContext:
         example = dm.tensors["val"]["input_ids"][:4]
