@@ -174,9 +174,6 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
 
     loggers = [build(n, f"logger {n._target_}", **extra(n)) for n in nodes]
     config = redact(OmegaConf.to_container(cfg, resolve=True))
-    from distill.tracking import remember_params, run_params
-
-    params = run_params(cfg)
     for logger in loggers:
         init = getattr(logger, "_wandb_init", None)
         if isinstance(init, dict) and not init.get("anonymous"):
@@ -184,7 +181,6 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
         if isinstance(init, dict):
             log.info("W&B run '%s', tags: %s", init.get("name"), ", ".join(init.get("tags") or []))
         logger.log_hyperparams(config)
-        remember_params(logger, params)
     return loggers
 
 

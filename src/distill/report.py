@@ -89,10 +89,12 @@ def publish_report(
     extra: dict[str, Any] | None = None,
     summary: dict[str, float] | None = None,
     histories: dict[str, list[dict[str, float]]] | None = None,
+    params: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Print the table; write report.json, report.md and report.png to `out`; send them to the loggers.
 
-    `extra` entries go to the top level of report.json (e.g. `student_val_accuracy`).
+    `extra` entries go to the top level of report.json (e.g. `student_val_accuracy`); `params` (the
+    run's chosen options, `distill.tracking.run_params`) are TensorBoard's hparams.
     """
     out.mkdir(parents=True, exist_ok=True)
     summary = summary or {}
@@ -104,9 +106,10 @@ def publish_report(
     summary = "".join(f"- {k.replace('_', ' ')}: {v:.4f}\n" for k, v in report["summary"].items())
     if failure:
         summary += f"- compression stopped: stage '{failure['stage']}' failed: {failure['error']}\n"
+    body = f"{markdown_table(rows)}\n\n{summary}"  # report.md's, and TensorBoard's text
     _write_atomic(
         out / "report.md",
-        f"# {title}\n\n{markdown_table(rows)}\n\n{summary}\n![accuracy vs size](report.png)\n"
+        f"# {title}\n\n{body}\n![accuracy vs size](report.png)\n"
         + ("\n![training curves](curves.png)\n" if curves else ""),
     )
     _write_atomic(out / "report.json", json.dumps(report, indent=2))
@@ -114,7 +117,7 @@ def publish_report(
     for k, v in report["summary"].items():
         log.info("%s: %.4f", k.replace("_", " "), v)
     log.info("Report written to %s", out / "report.json")
-    _log_to_loggers(report, out, loggers)
+    _log_to_loggers(report, f"## {title}\n\n{body}", out, loggers, params or {"task": title})
     return report
 
 
@@ -147,12 +150,10 @@ def _png(path: Path) -> Any:
     return matplotlib.image.imread(str(path))[..., :3]  # HWC floats in [0, 1], without alpha
 
 
-def _log_to_loggers(report: dict[str, Any], out: Path, loggers: list[Any]) -> None:
+def _log_to_loggers(report: dict[str, Any], text: str, out: Path, loggers: list[Any], params: dict[str, Any]) -> None:
     """Send the report to the loggers: `report/*` scalars to all; the table (`report_table`) and the
     plots (`plots/report`, `plots/curves`) to W&B and TensorBoard; TensorBoard's hparams with the
     run's real figures. Then each logger is finished (W&B: one line says where the run is)."""
-    from distill.tracking import params_of
-
     rows, summary = report["models"], report["summary"]
     metrics = {f"report/{r['model']}/{k}": v for r in rows for k, v in r.items() if isinstance(v, (int, float))}
     metrics.update(  # what each compression stage said of itself (sparsity, parity error, ...)
@@ -166,8 +167,6 @@ def _log_to_loggers(report: dict[str, Any], out: Path, loggers: list[Any]) -> No
     metrics.update({f"report/{k}": v for k, v in summary.items()})
     images = {key: out / name for key, name in (("plots/report", "report.png"), ("plots/curves", "curves.png"))}
     images = {key: path for key, path in images.items() if path.is_file()}
-    lines = "".join(f"- {k.replace('_', ' ')}: {v:.4f}\n" for k, v in summary.items())
-    text = f"## {report['title']}\n\n{markdown_table(rows)}\n\n{lines}"
     for logger in loggers:
         kind = type(logger).__name__
         logger.log_metrics(metrics)
@@ -181,7 +180,7 @@ def _log_to_loggers(report: dict[str, Any], out: Path, loggers: list[Any]) -> No
             writer.add_text("report_table", text, 0)
             for key, path in images.items():
                 writer.add_image(key, _png(path), 0, dataformats="HWC")
-            logger.log_hyperparams(params_of(logger) or {"task": report["title"]}, metrics=headline(report))
+            logger.log_hyperparams(params, metrics=headline(report))
         logger.save()
         logger.finalize("success")
         if kind == "WandbLogger":

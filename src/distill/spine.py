@@ -43,7 +43,7 @@ from distill.report import publish_report
 from distill.resume import mark_continued
 from distill.runtime import prepare_run
 from distill.tasks.base import Batches, CompressionStage, DataModule, RunContext, Task, check_contract
-from distill.tracking import StageAxis, log_history
+from distill.tracking import StageAxis, log_history, run_params
 
 log = logging.getLogger(__name__)
 
@@ -295,6 +295,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     extra = {"distill_seconds": seconds, "student_epoch_kept": kept_epoch(trainer), **task.report_extra(context)}
     title = f"{cfg.task_name}: {', '.join(teacher_names) or 'no teacher'} → student"
     report = publish_report(rows, out, job.loggers, title=title, failure=failure, extra=extra,
-                            summary=task.summary(rows), histories=job.histories)  # fmt: skip
+                            summary=task.summary(rows), histories=job.histories,
+                            params=run_params(cfg))  # fmt: skip
     mark_continued(cfg.get("resume_dir"), out)
     return report

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -350,15 +349,3 @@ def run_params(cfg: DictConfig) -> dict[str, Any]:
         if isinstance(node, DictConfig) and node.get("fit") is not None:
             params[f"teacher.{name}.epochs"] = node.fit.get("epochs")
     return {k: ("none" if v in (None, "") else v) for k, v in params.items()}
-
-
-_PARAMS: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
-
-
-def remember_params(logger: Any, params: dict[str, Any]) -> None:
-    """Keep the job's `run_params` with its logger, for the hparams logged with the report."""
-    _PARAMS[logger] = params
-
-
-def params_of(logger: Any) -> dict[str, Any]:
-    return dict(_PARAMS.get(logger, {}))
