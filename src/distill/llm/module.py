@@ -115,10 +115,7 @@ class LMDistillationModule(TeacherStudentModule):
 
     # -- the step -------------------------------------------------------------------------------
     def _forward(self, model: nn.Module, batch: dict[str, Tensor], hidden: bool) -> Any:
-        return model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=hidden,
-            use_cache=False,
-        )  # fmt: skip
+        return model(**model_inputs(batch), output_hidden_states=hidden, use_cache=False)
 
     def _view(self, batch: dict[str, Tensor], out_s: Any, outs_t: dict[str, Any]) -> StepView:
         logits = out_s.logits[:, :-1]
@@ -274,6 +271,15 @@ class LMDistillationModule(TeacherStudentModule):
         self.log(f"{self.prefix}/val/ppl", ppl, prog_bar=True)
         if self.teachers:
             self.log(f"{self.prefix}/val/agreement", agree / tokens)
+
+
+def model_inputs(batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """What a causal LM takes from a batch: input_ids with the attention mask, or, for rows packing several
+    documents, with `position_ids` restarting at 0 at each document's start and no mask (transformers then
+    restricts attention to each document: `masking_utils.find_packed_sequence_indices`)."""
+    if "position_ids" in batch:
+        return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
 
 def teacher_choice(teacher_outputs: Mapping[str, Any]) -> Tensor:

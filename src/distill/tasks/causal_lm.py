@@ -33,7 +33,7 @@ from distill.llm.models import (
     export_pretrained,
     float32_trainable,
 )
-from distill.llm.module import LMDistillationModule, teacher_choice, token_stats
+from distill.llm.module import LMDistillationModule, model_inputs, teacher_choice, token_stats
 from distill.tasks.base import ModelSpec, RunContext, StudentSpec, Task
 from distill.validate import check_lm_config
 
@@ -65,7 +65,7 @@ def teacher_choices(teachers: dict[str, nn.Module], loader: Any) -> list[Tensor]
         return None
     choices = []
     for batch in loader:
-        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
+        inputs = {**model_inputs(batch), "use_cache": False}
         choices.append(teacher_choice({n: t.eval()(**inputs) for n, t in teachers.items()}))
     return choices
 
@@ -81,7 +81,7 @@ def evaluate(model: Any, loader: Any, choices: list[Tensor] | None = None) -> di
     for i, batch in enumerate(loader):
         if isinstance(model, nn.Module):
             model.eval()
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+            logits = model(**model_inputs(batch), use_cache=False).logits
         else:
             logits = torch.from_numpy(onnx_run(model, batch["input_ids"]))
         for k, v in token_stats(logits, batch["labels"], choices[i] if choices else None).items():

@@ -210,6 +210,24 @@ class TextDataModule(SourcesMixin, TokenizerMixin, TensorsMixin, L.LightningData
                 attention_mask[i, width - len(r) :] = 1
         return input_ids, attention_mask
 
+    def generation_examples(self, split: str, n: int | None = None) -> tuple[Tensor, Tensor, list[str]]:
+        """The first `n` (None: all) examples of `split` to complete by generation: (prompt input_ids,
+        attention_mask, reference completions). Prompts are left-padded (see `prompts`); a reference is
+        the text the model should produce after its prompt (a pair's completion).
+
+        Only for data with prompts and answers (prompt/completion pairs); plain text has none.
+        """
+        if not self.pairs:
+            raise DistillError(
+                "evaluation by generation needs prompts with reference answers: prompt/completion pairs "
+                "(lm_data.prompt_field and completion_field)"
+            )
+        total = len(self._split(split)["input_ids"])
+        n = total if n is None else min(int(n), total)
+        ids, mask = self.prompts(split, n)
+        references = [item.completion for item in self.documents[split][:n]]
+        return ids, mask, references
+
     def decode(self, ids: Tensor | Sequence[int] | Sequence[Sequence[int]], skip_special_tokens: bool = False) -> Any:
         """Text of a token sequence (a str) or of a batch of them (a list).
 
