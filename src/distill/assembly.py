@@ -302,6 +302,11 @@ def data_fingerprint(dm: Any) -> str | None:
     return dm._cache_fingerprint
 
 
+# Model options that change how training runs, never the weights it gives: gradient checkpointing recomputes
+# activations in the backward pass and gives the same gradients (tests/test_llm_memory.py).
+NET_KEYS_NOT_IN_CACHE_KEY = frozenset({"gradient_checkpointing"})
+
+
 def fit_payload(
     cfg: DictConfig,
     kind: str,
@@ -330,7 +335,7 @@ def fit_payload(
     callbacks = OmegaConf.to_container(cfg.get("callbacks") or {}, resolve=True)
     return {
         "kind": kind,
-        "net": OmegaConf.to_container(net, resolve=True),
+        "net": {k: v for k, v in OmegaConf.to_container(net, resolve=True).items() if k not in NET_KEYS_NOT_IN_CACHE_KEY},
         "fit": OmegaConf.to_container(fit, resolve=True),
         "data": data_part,
         "data_fingerprint": fingerprint,

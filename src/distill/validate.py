@@ -251,6 +251,31 @@ def check_lm_config(cfg: DictConfig) -> None:
     number(_get(cfg, "lm_weight"), "lm_weight", low=0)
     for name in ("on_policy_fraction", "sequence_kd_fraction"):
         number(_get(cfg, name), name, low=0, high=1)
+    data = cfg.get("lm_data")
+    if isinstance(data, DictConfig) and _get(data, "mode") == "pack_documents":
+        # Rows holding several documents have no single prompt to generate from, and an exported model
+        # (ONNX) takes input_ids alone, without the position ids that keep the documents apart.
+        for name in ("on_policy_fraction", "sequence_kd_fraction"):
+            if _get(cfg, name):
+                raise DistillError(
+                    f"{name}={_get(cfg, name)} generates from each row's prompt, but lm_data.mode=pack_documents "
+                    "rows hold several documents: use lm_data.mode=pad"
+                )
+        terms = cfg.get("lm_distill")
+        for name, node in terms.items() if isinstance(terms, DictConfig) else []:
+            if str(_get(node, "_target_") or "").startswith("distill.llm.minillm."):
+                raise DistillError(
+                    f"lm_distill.{name} (MiniLLM) samples responses to each row's prompt, but "
+                    "lm_data.mode=pack_documents rows hold several documents: use lm_data.mode=pad"
+                )
+        compress = cfg.get("compress")
+        stages = compress.items() if isinstance(compress, DictConfig) else []
+        for stage, node in stages:
+            if str(_get(node, "_target_") or "").startswith("distill.compress.deploy."):
+                raise DistillError(
+                    f"compress stage '{stage}' runs the student on input_ids alone, which cannot keep "
+                    "lm_data.mode=pack_documents rows' documents apart: use lm_data.mode=pad"
+                )
     generation = cfg.get("generation")
     if isinstance(generation, DictConfig):
         integer(_get(generation, "prompt_len"), "generation.prompt_len", minimum=1)

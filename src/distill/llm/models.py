@@ -1,5 +1,6 @@
 """Causal language models from Hugging Face `transformers`: pretrained (local path or hub name) or built
-from a config for small models trained here; optionally wrapped with LoRA adapters (peft)."""
+from a config for small models trained here; optionally wrapped with LoRA adapters (peft), trained with
+gradient checkpointing, and, as frozen teachers, held in 16 bits or int8 (`reduce_precision`)."""
 
 from __future__ import annotations
 
@@ -76,6 +77,7 @@ def causal_lm(
     local_files_only: bool = True,
     torch_dtype: str | None = None,
     lora: dict[str, Any] | None = None,
+    gradient_checkpointing: bool = False,
     **config: Any,
 ) -> nn.Module:
     """A `transformers` causal LM.
@@ -87,9 +89,13 @@ def causal_lm(
     refused. Otherwise a fresh model of `model_type` with the remaining keyword arguments as its
     config (hidden_size, num_hidden_layers, ...) and the data's `vocab_size`. `lora` (r, alpha,
     dropout, target_modules) wraps the model with peft's LoRA: only the adapters train.
+    `gradient_checkpointing` keeps only each layer's input while training and recomputes the rest in
+    the backward pass (`checkpoint_activations`).
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    if not isinstance(gradient_checkpointing, bool):
+        raise DistillError(f"gradient_checkpointing must be true or false, got {gradient_checkpointing!r}")
     if pretrained:
         check_pretrained_source(pretrained, local_files_only)
         try:
@@ -115,6 +121,122 @@ def causal_lm(
     model.config.use_cache = False
     if lora:
         model = with_lora(model, **lora)
+    if gradient_checkpointing:
+        checkpoint_activations(model, adapters=bool(lora))
+    return model
+
+
+def checkpoint_activations(model: nn.Module, adapters: bool = False) -> nn.Module:
+    """Gradient (activation) checkpointing, in place: in training, each decoder layer keeps only its input and
+    recomputes its activations in the backward pass, for about one more forward pass of compute.
+
+    Non-reentrant checkpointing (`use_reentrant=False`): the same gradients as without it. With LoRA
+    (`adapters`), the input embeddings' output is made to require gradients, as peft needs when the
+    base weights are frozen. Returns `model`.
+    """
+    kwargs = {"use_reentrant": False}
+    try:
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        elif hasattr(model, "gradient_checkpointing_enable"):
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        else:
+            raise ValueError(f"{type(model).__name__} has no gradient checkpointing")
+    except ValueError as err:
+        raise DistillError(f"gradient_checkpointing: {err}") from None
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if adapters and embeddings is not None and not embeddings._forward_hooks:  # transformers may have hooked it
+        model.enable_input_require_grads()
+    return model
+
+
+# The precisions a frozen teacher may be held in while it teaches (`lm_teacher.dtype`; null: as built or loaded).
+TEACHER_DTYPES = ("float32", "bfloat16", "float16", "int8")
+
+
+def check_teacher_dtype(dtype: Any, strategy: Any = None, key: str = "lm_teacher.dtype") -> None:
+    """Refuse, in one line, a teacher precision not in TEACHER_DTYPES, or int8 weights under FSDP.
+
+    `strategy`: the Trainer's (a name, a config node with `_target_`, or an instance), if any. FSDP
+    shards plain tensors only: int8 weights (tensor subclasses) cannot join its flat parameters.
+    """
+    if dtype is None:
+        return
+    if str(dtype) not in TEACHER_DTYPES:
+        raise DistillError(f"{key}={dtype}: one of null, {', '.join(TEACHER_DTYPES)}")
+    if isinstance(strategy, str):
+        name = strategy
+    elif hasattr(strategy, "get"):
+        name = str(strategy.get("_target_", ""))
+    else:
+        name = type(strategy).__name__ if strategy is not None else ""
+    if str(dtype) == "int8" and "fsdp" in name.lower():
+        raise DistillError(f"{key}=int8: FSDP cannot shard int8 weights; use bfloat16 or float16 under trainer=fsdp")
+
+
+def is_quantized(model: nn.Module) -> bool:
+    """Whether any weight of `model` is a quantised tensor subclass (as torchao's int8 weights are)."""
+    return any(hasattr(p, "__tensor_flatten__") for p in model.parameters())
+
+
+def held_bytes(model: nn.Module) -> int:
+    """Bytes `model` holds in memory: its parameters and buffers, a quantised tensor's stored data and scales."""
+    total = 0
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if hasattr(tensor, "__tensor_flatten__"):
+            names, _ = tensor.__tensor_flatten__()
+            parts = [getattr(tensor, name) for name in names]
+        else:
+            parts = [tensor]
+        total += sum(part.numel() * part.element_size() for part in parts if isinstance(part, Tensor))
+    return total
+
+
+def reduce_precision(model: nn.Module, dtype: str | None) -> nn.Module:
+    """The frozen teacher `model`, in place, held in `dtype` while it teaches (null: left as it is).
+
+    `float32`, `bfloat16`, `float16`: every floating weight and buffer cast (about half the memory
+    of float32 in 16 bits). `int8`: weight-only int8 (torchao), the weights of every linear and
+    embedding layer stored as int8 with a scale per row and dequantised as they are used (tied input
+    and output embeddings stay one tensor): about a quarter of float32's memory; norms and the
+    computation keep the model's floating dtype. Losses upcast teacher logits to float32. Asking
+    again for the precision a model already has changes nothing.
+    """
+    if dtype is None:
+        return model
+    check_teacher_dtype(dtype)
+    before = held_bytes(model)
+    if str(dtype) == "int8":
+        if not is_quantized(model):
+            int8_weights(model)
+    elif is_quantized(model):
+        raise DistillError(f"lm_teacher.dtype={dtype}: the teacher's weights are already quantised")
+    else:
+        model.to(getattr(torch, str(dtype)))
+    log.info(
+        "Teacher held in %s: %.3g MiB of weights (%.3g MiB before)", dtype, held_bytes(model) / 2**20, before / 2**20
+    )
+    return model
+
+
+def int8_weights(model: nn.Module) -> nn.Module:
+    """Weight-only int8 (torchao) on every linear and embedding layer of `model`, in place."""
+    from distill.compress.qat import _quiet  # noqa: PLC0415
+
+    with _quiet():
+        from torchao.quantization import Int8WeightOnlyConfig, quantize_  # noqa: PLC0415
+
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    tied = embeddings is not None and output is not None and output.weight is embeddings.weight
+
+    def chosen(module: nn.Module, fqn: str) -> bool:
+        return isinstance(module, nn.Linear | nn.Embedding) and not (tied and module is output)
+
+    with _quiet():
+        quantize_(model, Int8WeightOnlyConfig(), filter_fn=chosen)
+    if tied:
+        output.weight = embeddings.weight  # one int8 tensor for both, as the float one was
     return model
 
 

@@ -66,7 +66,10 @@ class LMDistillationModule(TeacherStudentModule):
     share of batches is replaced by the student's own sampled continuations of the batch's
     prompts (on-policy distillation, Agarwal et al. 2024); with `sequence_kd_fraction`, by the
     teacher's (sequence-level KD, Kim & Rush 2016); see `generate_batch`. Generated tokens carry
-    no language-modelling loss on on-policy batches (they are the student's own). Teachers are
+    no language-modelling loss on on-policy batches (they are the student's own). A sequence-level term
+    (`sequence_level = True`: MiniLLM, distill.llm.minillm) gets the data batch instead of the step's view,
+    as `term.sequence_loss(self, batch)`, samples and scores its own responses to the batch's prompts, and
+    returns (value, parts); its parts are logged as `<term>/<part>`. Teachers are
     frozen, kept out of the optimiser and out of checkpoints, and stay in eval mode; the student
     trains in train mode (dropout on) even when it was loaded in eval mode (`TeacherStudentModule`).
     """
@@ -104,6 +107,8 @@ class LMDistillationModule(TeacherStudentModule):
         self.seed, self.pad_token_id = seed, pad_token_id
         self.eos_token_id = eos_token_id
         self.hidden = any(term.student_layers for term in self.terms.values())
+        # Sequence-level terms (MiniLLM) sample and score their own batches: `term.sequence_loss(self, batch)`.
+        self.token_level = any(not getattr(term, "sequence_level", False) for term in self.terms.values())
         self._val: dict[str, float] = {}
         self.generated_batches = {"on_policy": 0, "sequence_kd": 0}
         self.gradient_clip_val = gradient_clip_val
@@ -209,7 +214,7 @@ class LMDistillationModule(TeacherStudentModule):
         return "data"
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        source = self._source()
+        source, data = self._source(), batch
         if source == "on_policy":
             batch = self.generate_batch(self.student, batch)
         elif source == "sequence_kd":
@@ -217,16 +222,22 @@ class LMDistillationModule(TeacherStudentModule):
         if source != "data":
             self.generated_batches[source] += 1
         out_s = self._forward(self.student, batch, self.hidden)
-        outs_t = self._teacher_outputs(batch, self.hidden) if self.teachers else {}
+        outs_t = self._teacher_outputs(batch, self.hidden) if self.teachers and self.token_level else {}
         view = self._view(batch, out_s, outs_t)
         loss = view.student_logits.new_zeros(())
         values: dict[str, Tensor] = {}
         if self.lm_weight and source != "on_policy":
             values["lm"] = lm_loss(view.student_logits, view.targets)
             loss = loss + self.lm_weight * values["lm"]
+        parts: dict[str, Tensor] = {}
         for name, term in self.terms.items():
-            values[name] = term(view)
+            if getattr(term, "sequence_level", False):  # from the data batch's prompts, on its own samples
+                values[name], term_parts = term.sequence_loss(self, data)
+                parts.update({f"{name}/{part}": value for part, value in term_parts.items()})
+            else:
+                values[name] = term(view)
             loss = loss + term.weight * values[name]
+        values.update(parts)
         bs = batch["input_ids"].shape[0]
         for name, value in values.items():
             self.log(f"{self.prefix}/train/{name}", value.detach(), on_step=False, on_epoch=True, batch_size=bs)

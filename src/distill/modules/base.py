@@ -2,21 +2,27 @@
 
 `TeacherStudentModule` is the base of every task's modules: the model being trained (`net`), frozen
 teachers kept outside the registered children (not in the optimiser, not in checkpoints, not wrapped
-by DDP, yet following the module across devices and staying in eval mode), train mode at the start
-of fit, shuffling by epoch number, and the optimiser and scheduler built from config partials.
+by DDP, yet following the module across devices and staying in eval mode; under FSDP they join the
+module tree so that it shards them too, see `configure_model`), train mode at the start of fit,
+shuffling by epoch number, and the optimiser and scheduler built from config partials.
 `ClassifierModule` adds what the classification modules share: manual optimisation, epoch-mean
 logging and validation accuracy.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import copy
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
+
+from distill.errors import DistillError
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
@@ -30,8 +36,92 @@ def freeze(model: nn.Module) -> nn.Module:
     return model
 
 
+# Names that wrappers (FSDP, activation checkpointing, torch.compile) insert in parameter names.
+WRAPPER_NAMES = frozenset({"_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod"})
+
+
+def _unwrapped(name: str) -> str:
+    """A state-dict key or prefix without the names wrappers insert."""
+    return ".".join(part for part in name.split(".") if part not in WRAPPER_NAMES)
+
+
+class FrozenModules(nn.ModuleDict):
+    """Frozen models as registered submodules, yet not part of what is saved or loaded.
+
+    A strategy that places and shards the module tree itself (FSDP) reaches them, while
+    `state_dict` has no entry for them (nor does it visit them: a sharded model is not gathered to
+    be dropped), `load_state_dict` expects none (a strict load of a checkpoint without them
+    succeeds), and they stay in eval mode whatever mode the module around them is put in.
+    """
+
+    def __init__(self, modules: Mapping[str, nn.Module]) -> None:
+        super().__init__()
+        for name, module in modules.items():
+            try:
+                self[name] = module
+            except (KeyError, TypeError) as err:
+                raise DistillError(f"teacher name {name!r} cannot name a submodule ({err}): rename it") from None
+        self._loaded_prefix: str | None = None
+        self.register_load_state_dict_post_hook(FrozenModules._expect_nothing)
+
+    def state_dict(self, *args: Any, destination: Any = None, prefix: str = "", keep_vars: bool = False) -> Any:
+        return OrderedDict() if destination is None else destination
+
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any) -> None:
+        self._loaded_prefix = prefix  # where this container sits in the state dict being loaded
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @staticmethod
+    def _expect_nothing(module: FrozenModules, incompatible: Any) -> None:
+        # Compared without wrappers' names: FSDP reports missing keys without its `_fsdp_wrapped_module.`.
+        if module._loaded_prefix is not None:
+            prefix = _unwrapped(module._loaded_prefix)
+            incompatible.missing_keys[:] = [
+                k for k in incompatible.missing_keys if not _unwrapped(k).startswith(prefix)
+            ]
+
+    def train(self, mode: bool = True) -> FrozenModules:
+        return super().train(False)
+
+
+def fsdp_units_for(policy: Any, modules: Iterable[nn.Module]) -> Any:
+    """FSDP's `auto_wrap_policy` with each of `modules` made its own unit besides what `policy` wraps.
+
+    Frozen weights in a unit of their own never share a flat parameter (nor its gradient buffer)
+    with trained ones. `policy`: None, a policy object (ModuleWrapPolicy, CustomPolicy, ...) or a
+    policy function (`size_based_auto_wrap_policy`, ...); the result is of the same kind.
+    """
+    from torch.distributed.fsdp.wrap import CustomPolicy, _Policy  # noqa: PLC0415
+
+    chosen = tuple(modules)
+
+    def is_chosen(module: nn.Module) -> bool:
+        return any(module is m for m in chosen)
+
+    if policy is None:
+        return CustomPolicy(is_chosen)
+    if isinstance(policy, _Policy):
+
+        class WithUnits(_Policy):
+            def _run_policy(self, root_module: nn.Module, ignored_modules: Any, root_kwargs: dict) -> dict:
+                targets = policy._run_policy(root_module, ignored_modules, root_kwargs)
+                for module in chosen:
+                    if module not in ignored_modules:
+                        targets.setdefault(module, copy.copy(root_kwargs))
+                return targets
+
+        return WithUnits()
+
+    def with_units(module: nn.Module, recurse: bool, nonwrapped_numel: int) -> bool:
+        if recurse:  # look inside everything: the chosen modules may sit anywhere
+            return True
+        return is_chosen(module) or bool(policy(module=module, recurse=False, nonwrapped_numel=nonwrapped_numel))
+
+    return with_units
+
+
 class TeacherStudentModule(L.LightningModule):
-    """Trains `net`, optionally from frozen `teachers` (a plain dict: not submodules)."""
+    """Trains `net`, optionally from frozen `teachers` (a plain dict: not submodules, but see `configure_model`)."""
 
     def __init__(
         self,
@@ -50,9 +140,37 @@ class TeacherStudentModule(L.LightningModule):
     # -- teachers follow the module but stay frozen ------------------------------------------
     def _apply(self, fn: Callable, *args: Any, **kwargs: Any) -> TeacherStudentModule:
         super()._apply(fn, *args, **kwargs)
-        for teacher in self.teachers.values():
-            teacher._apply(fn, *args, **kwargs)
+        if not isinstance(self.teachers, nn.Module):  # registered teachers (FSDP) have followed already
+            for teacher in self.teachers.values():
+                teacher._apply(fn, *args, **kwargs)
         return self
+
+    def configure_model(self) -> None:
+        """Under FSDP, the teachers join the module tree (`register_teachers`), each as its own FSDP unit.
+
+        FSDP places and shards only the module tree, so a teacher outside it would stay whole, on
+        the CPU. Registered, a teacher is sharded like the student (a teacher that does not fit one
+        device is what FSDP is for) while staying frozen, in eval mode, out of the optimiser (no
+        parameter of it requires gradients) and out of checkpoints (`FrozenModules`). Lightning
+        calls this before the strategy wraps the module; other strategies leave the teachers as they are.
+        """
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if not isinstance(strategy, FSDPStrategy) or not self.teachers or isinstance(self.teachers, nn.Module):
+            return
+        for name, teacher in self.teachers.items():
+            if any(hasattr(p, "__tensor_flatten__") for p in teacher.parameters()):
+                raise DistillError(
+                    f"teacher '{name}' has quantised weights, which FSDP cannot shard: keep it in bfloat16 or float16"
+                )
+        self.register_teachers()
+        strategy.kwargs["auto_wrap_policy"] = fsdp_units_for(
+            strategy.kwargs.get("auto_wrap_policy"), self.teachers.values()
+        )
+
+    def register_teachers(self) -> None:
+        """The teachers as registered submodules (`self.teachers` becomes a `FrozenModules`), still frozen and unsaved."""
+        if not isinstance(self.teachers, nn.Module):
+            self.teachers = FrozenModules(self.teachers)
 
     def train(self, mode: bool = True) -> TeacherStudentModule:
         super().train(mode)

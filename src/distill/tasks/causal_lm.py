@@ -1,10 +1,12 @@
 """Causal language models on the spine: `transformers` models (pretrained, or built from a config and
 trained here), token-level and hidden-state loss terms, on-policy and sequence-level batches, and a
-report of perplexity, next-token agreement with the teacher and sampled continuations.
+report of perplexity, next-token agreement with the teacher, sampled continuations and, for data
+with reference answers, evaluation by generation (exact match and ROUGE-L of each model's completions).
 
 Config (`distill-lm`, configs/lm.yaml): `lm_data`, `lm_teacher` (one; `fit: null` uses a pretrained
 teacher as it is), `lm_student` (`model`, `fit`: the recipe of the student alone and distilled),
-`lm_distill`, `lm_weight`, `on_policy_fraction`, `sequence_kd_fraction`, `generation`, `samples`.
+`lm_distill`, `lm_weight`, `on_policy_fraction`, `sequence_kd_fraction`, `generation`, `samples`,
+`generation_eval`.
 """
 
 from __future__ import annotations
@@ -24,14 +26,17 @@ from distill.compress.base import StageContext
 from distill.compress.deploy import onnx_run, onnx_session
 from distill.errors import DistillError
 from distill.fingerprint import folder_fingerprint
+from distill.llm.generation import Generated, GenerationEval, evaluate_by_generation, side_by_side_markdown
 from distill.llm.models import (
     LogitsOnly,
     check_positions,
     check_precision,
+    check_teacher_dtype,
     check_pretrained_source,
     check_vocabularies,
     export_pretrained,
     float32_trainable,
+    reduce_precision,
 )
 from distill.llm.module import LMDistillationModule, model_inputs, teacher_choice, token_stats
 from distill.tasks.base import ModelSpec, RunContext, StudentSpec, Task
@@ -119,10 +124,19 @@ class CausalLMTask(Task):
     count_flops = False
     report_trainable = True
     weights_folder = None  # counted in memory: a pretrained teacher is not written into every run folder
+    #: `generation_eval`, set by `check_config` (until then, off)
+    generation_eval: GenerationEval = GenerationEval(examples=0)
+    #: evaluation by generation, once `evaluate` ran it (None: off, or data without reference answers)
+    generated: Generated | None = None
+    _examples: Any = None  # the test examples to complete (None: none), once looked up
+    _looked_up = False
 
     def check_config(self, cfg: DictConfig) -> None:
         check_lm_config(cfg)
+        self.generation_eval = GenerationEval.from_config(cfg.get("generation_eval"), seed=int(cfg.get("seed") or 0))
+        self._examples, self._looked_up, self.generated = None, False, None
         check_precision(cfg.trainer.get("precision"))
+        check_teacher_dtype((cfg.get("lm_teacher") or {}).get("dtype"), cfg.trainer.get("strategy"))
         for group in ("lm_teacher", "lm_student"):  # every pretrained model can be found, before any text is read
             node = (cfg.get(group) or {}).get("model") or {}
             if node.get("pretrained"):
@@ -159,14 +173,36 @@ class CausalLMTask(Task):
             prompt = min(cfg.samples.prompt_len or dm.seq_len, dm.seq_len)
             new = cfg.samples.max_new_tokens
             lengths[f"samples.prompt_len + samples.max_new_tokens = {prompt} + {new}"] = prompt + new
+        examples = self.generation_examples(dm)
+        if examples is not None:
+            width, new = examples[0].shape[1], self.generation_eval.max_new_tokens
+            lengths[f"the longest test prompt + generation_eval.max_new_tokens = {width} + {new}"] = width + new
         models = {"student": student, **({"teacher": next(iter(teachers.values()))} if teachers else {})}
         check_positions(models, lengths)
 
     def cache_extra(self, dm: Any, node: DictConfig) -> dict[str, Any]:
         return {"vocab_size": dm.vocab_size, **model_files(node)}
 
+    def generation_examples(self, dm: Any) -> tuple[Tensor, Tensor, list[str]] | None:
+        """The test examples evaluation by generation completes: (prompt ids, left-padded, attention mask,
+        references); None when `generation_eval` is off or the data have no reference answers (plain
+        text: one log line says so). Looked up once."""
+        if not self._looked_up:
+            self._looked_up = True
+            settings = self.generation_eval
+            if settings.enabled and not callable(getattr(dm, "generation_examples", None)):
+                log.info("generation_eval skipped: the data module gives no generation_examples")
+            elif settings.enabled:
+                try:
+                    self._examples = dm.generation_examples("test", settings.examples)
+                except DistillError as err:
+                    log.info("generation_eval skipped: %s", err)
+        return self._examples
+
     def module(self, cfg, model, fit, dm, stage, teachers=None, terms=None):  # noqa: ANN001, ANN201 - see Task
         gen, teachers = cfg.generation, teachers or {}
+        for teacher in teachers.values():  # the frozen teachers in the precision they teach in (lm_teacher.dtype)
+            reduce_precision(teacher, (cfg.get("lm_teacher") or {}).get("dtype"))
         return LMDistillationModule(
             model, teachers, terms or {}, optimizer=build(fit.optimizer, f"{stage} optimizer"),
             lm_weight=1.0 if terms is None else cfg.lm_weight,
@@ -200,17 +236,29 @@ class CausalLMTask(Task):
         return LogitsOnly(student).eval()  # input_ids -> logits: what ONNX export and int8 take
 
     def evaluate(self, models: dict[str, nn.Module | Path], dm: Any, teacher_names: list[str]) -> dict[str, dict]:
-        """Test perplexity and next-token agreement with the teacher (its choices computed once), and validation
-        perplexity."""
+        """Test perplexity and next-token agreement with the teacher (its choices computed once), validation
+        perplexity and, for data with reference answers, evaluation by generation of every PyTorch model
+        (`exact_match`, `rouge_l`, greedy, and `exact_match_sampled`, `rouge_l_sampled`; not ONNX sessions)."""
         teachers = {n: m for n, m in models.items() if n in teacher_names and isinstance(m, nn.Module)}
         choices = teacher_choices(teachers, dm.test_dataloader())
-        metrics = {}
+        metrics, generators = {}, {}
         for name, model in models.items():
             runner = onnx_session(model) if isinstance(model, Path) else model
             if isinstance(runner, LogitsOnly):
                 runner = runner.model
             metrics[name] = evaluate(runner, dm.test_dataloader(), None if name in teacher_names else choices)
             metrics[name]["val_perplexity"] = evaluate(runner, dm.val_dataloader())["perplexity"]
+            if isinstance(runner, nn.Module) and callable(getattr(runner, "generate", None)):
+                generators[name] = runner
+        examples = self.generation_examples(dm)
+        if examples is not None and generators:
+            ids, mask, references = examples
+            self.generated = evaluate_by_generation(
+                generators, ids, mask, references, dm.tokenizer, self.generation_eval,
+                eos_token_id=dm.eos_token_id, pad_token_id=dm.pad_token_id,
+            )  # fmt: skip
+            for name, got in self.generated.metrics.items():
+                metrics[name].update(got)
         return metrics
 
     def example_input(self, dm: Any) -> Tensor:
@@ -228,6 +276,11 @@ class CausalLMTask(Task):
         summary = {"baseline_minus_student_perplexity": b - s}
         if b > t:
             summary["perplexity_gap_closed"] = (b - s) / (b - t)
+        if all("exact_match" in r for r in (teachers[0], by_role["baseline"], by_role["student"])):
+            t, b, s = teachers[0]["exact_match"], by_role["baseline"]["exact_match"], by_role["student"]["exact_match"]
+            summary["student_minus_baseline_exact_match"] = s - b
+            if t > b:  # the share of the teacher's lead over the student alone that distillation won back
+                summary["exact_match_gap_closed"] = (s - b) / (t - b)
         return summary
 
     def report_extra(self, context: RunContext) -> dict[str, Any]:
@@ -244,9 +297,25 @@ class CausalLMTask(Task):
         }
         lines = [f"## {name}\n" + "\n".join(f"- **{s['prompt']!r}** → {s['continuation']!r}" for s in got)
                  for name, got in extra["samples"].items()]  # fmt: skip
-        write_text(out / "samples.md", "# Sampled continuations of test prompts\n\n" + "\n\n".join(lines) + "\n")
+        text = "# Sampled continuations of test prompts\n\n" + "\n\n".join(lines) + "\n"
+        side: list[dict[str, Any]] = []
+        if self.generated is not None:
+            extra["generation_examples"] = len(self.generated.references)
+            side = self.generated.side_by_side(self.generation_eval.side_by_side)
+            if side:
+                extra["generation_side_by_side"] = side
+                text += (f"\n# Greedy completions of test prompts, side by side\n\n"
+                         f"The first {len(side)} of the {len(self.generated.references)} test prompts each model "
+                         f"completed ({self.generation_eval.describe()}).\n\n{side_by_side_markdown(side)}\n")  # fmt: skip
+        write_text(out / "samples.md", text)
         for logger in context.loggers:
             if type(logger).__name__ == "WandbLogger":
                 rows = [[n, s["prompt"], s["continuation"]] for n, got in extra["samples"].items() for s in got]
                 logger.log_text(key="samples", columns=["model", "prompt", "continuation"], data=rows)
+                if side:
+                    names = list(side[0]["completions"])
+                    logger.log_text(
+                        key="generation_side_by_side", columns=["prompt", "reference", *names],
+                        data=[[e["prompt"], e["reference"], *(e["completions"][n] for n in names)] for e in side],
+                    )  # fmt: skip
         return extra

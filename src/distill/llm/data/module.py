@@ -15,8 +15,10 @@ from torch import Tensor
 
 from distill.errors import DistillError
 from distill.fingerprint import digest_arrays, digest_text
+from distill.llm.data.arithmetic import check_arithmetic
 from distill.llm.data.batches import SequenceBatches
-from distill.llm.data.sources import HF_FORMATS, SOURCES, SPLITS, Document, Pair, SourcesMixin
+from distill.llm.data.chat import ChatTemplate
+from distill.llm.data.sources import HF_FORMATS, SOURCES, SPLITS, Conversation, Document, Pair, SourcesMixin
 from distill.llm.data.tensors import IGNORE_INDEX, MODES, TensorsMixin
 from distill.llm.data.tokenizer import TokenizerMixin
 
@@ -45,18 +47,39 @@ class TextDataModule(SourcesMixin, TokenizerMixin, TensorsMixin, L.LightningData
         seed: int = 0,
         cache_dir: str = "data/lm",
         hf_format: str | None = None,
+        messages_field: str | None = None,
+        chat: bool = False,
+        chat_template: str | None = None,
+        split_digits: bool = False,
+        num_examples: int = 20_000,
+        digits: int | Sequence[int] = (1, 2),
+        operations: str | Sequence[str] = ("+", "-"),
     ) -> None:
         super().__init__()
         if source not in SOURCES:
             raise DistillError(f"unknown text source '{source}'; use one of {', '.join(SOURCES)}")
         if mode not in MODES:
             raise DistillError(
-                f"unknown mode '{mode}'; use 'pack' (blocks of seq_len tokens) or 'pad' (one per document)"
+                f"unknown mode '{mode}'; use 'pack' (blocks of seq_len tokens), 'pad' (one per document) or "
+                "'pack_documents' (whole documents packed into rows, kept apart)"
             )
         if (prompt_field is None) != (completion_field is None):
             raise DistillError("prompt_field and completion_field go together: set both (instruction data) or neither")
         if prompt_field is not None and source not in ("jsonl", "hf"):
             raise DistillError(f"prompt/completion fields need source jsonl or hf, not '{source}'")
+        self._check_chat(source, chat, chat_template, messages_field, prompt_field, str(tokenizer))
+        if not isinstance(split_digits, bool):
+            raise DistillError(f"split_digits must be true or false, got {split_digits!r}")
+        if split_digits and str(tokenizer) != "bpe":
+            raise DistillError(
+                "split_digits applies to the trained BPE (tokenizer: bpe), not to a pretrained tokenizer"
+            )
+        digits = (int(digits), int(digits)) if isinstance(digits, int) else tuple(int(d) for d in digits)
+        operations = (operations,) if isinstance(operations, str) else tuple(str(op) for op in operations)
+        if len(digits) != 2:
+            raise DistillError(f"digits must be [min, max] (numbers of digits of the operands), got {list(digits)}")
+        if source == "arithmetic":
+            check_arithmetic(num_examples, digits, operations)
         if int(seq_len) < 2:
             raise DistillError(f"seq_len must be >= 2 (a causal LM predicts token i+1 from token i), got {seq_len}")
         for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
@@ -71,11 +94,10 @@ class TextDataModule(SourcesMixin, TokenizerMixin, TensorsMixin, L.LightningData
         if isinstance(paths, str | os.PathLike):
             paths = [paths]
         self.paths = [str(p) for p in paths] if paths is not None else None
-        if source == "stdlib" and self.paths:
-            raise DistillError(
-                "source=stdlib reads Python's standard library; give paths with source text, jsonl or hf"
-            )
-        if source != "stdlib" and not self.paths:
+        if source in ("stdlib", "arithmetic") and self.paths:
+            what = "reads Python's standard library" if source == "stdlib" else "generates its examples"
+            raise DistillError(f"source={source} {what}; give paths with source text, jsonl or hf")
+        if source not in ("stdlib", "arithmetic") and not self.paths:
             raise DistillError(f"source={source} needs paths: one or more local files or folders")
         if source == "hf":
             hf_format = {"jsonl": "json", "txt": "text"}.get(hf_format, hf_format)
@@ -85,6 +107,9 @@ class TextDataModule(SourcesMixin, TokenizerMixin, TensorsMixin, L.LightningData
                 )
         self.source, self.mode, self.hf_format = source, mode, hf_format
         self.text_field, self.prompt_field, self.completion_field = text_field, prompt_field, completion_field
+        self.messages_field, self.chat, self.chat_template = messages_field, chat, chat_template
+        self.split_digits = split_digits
+        self.num_examples, self.digits, self.operations = num_examples, digits, operations
         self.tokenizer_name, self.requested_vocab_size = str(tokenizer), int(vocab_size)
         self.seq_len = int(seq_len)
         self.val_fraction, self.test_fraction = float(val_fraction), float(test_fraction)
@@ -94,17 +119,62 @@ class TextDataModule(SourcesMixin, TokenizerMixin, TensorsMixin, L.LightningData
         self.tensors: dict[str, dict[str, Tensor]] = {}
         self.prompt_lengths: dict[str, Tensor] = {}  # prompt/completion data: prompt tokens of each row
         self.tokenizer_path: Path | None = None  # the cached BPE file, once setup() ran
-        self.documents: dict[str, list[Document | Pair]] = {}  # the text of each split, before tokenizing
+        self.documents: dict[str, list[Document | Pair | Conversation]] = {}  # each split's items, before tokenizing
         self.corpus_stats: dict[str, Any] = {}
         self._tokenizer: Any = None
+        self._template: ChatTemplate | None = None  # the chat template in use (chat data), once needed
         self._fingerprint: str | None = None
+
+    @staticmethod
+    def _check_chat(
+        source: str,
+        chat: Any,
+        chat_template: Any,
+        messages_field: str | None,
+        prompt_field: str | None,
+        tokenizer: str,
+    ) -> None:
+        """Chat settings that cannot work together, refused before anything is read."""
+        if not isinstance(chat, bool):
+            raise DistillError(f"chat must be true or false, got {chat!r}")
+        if chat_template is not None and (not isinstance(chat_template, str) or not chat_template.strip()):
+            raise DistillError(f"chat_template must be a Jinja template string or null, got {chat_template!r}")
+        if not chat:
+            if messages_field is not None:
+                raise DistillError(
+                    f"messages_field={messages_field} holds conversations, which need the chat template: set chat=true"
+                )
+            if chat_template is not None:
+                raise DistillError("chat_template is set but chat is false: set chat=true to render the data with it")
+            return
+        if source not in ("jsonl", "hf", "arithmetic"):
+            raise DistillError(f"chat data need source jsonl, hf or arithmetic, not '{source}'")
+        if messages_field is not None and prompt_field is not None:
+            raise DistillError(
+                "set messages_field (a list of messages a row) or prompt_field/completion_field, not both"
+            )
+        if source != "arithmetic" and messages_field is None and prompt_field is None:
+            raise DistillError(
+                "chat=true needs conversations: set messages_field (rows with a list of messages) or "
+                "prompt_field and completion_field (prompt/completion rows, strings or lists of messages)"
+            )
+        if tokenizer == "bpe" and chat_template is None:
+            raise DistillError(
+                "chat=true with tokenizer bpe: the trained BPE has no chat template of its own; set "
+                "lm_data.chat_template to a Jinja template (configs/lm_data/chat.yaml has one)"
+            )
 
     # ------------------------------------------------------------------ properties
 
     @property
     def pairs(self) -> bool:
-        """Whether the data are prompt/completion pairs (instruction data)."""
-        return self.prompt_field is not None
+        """Whether the data are prompt/completion pairs (instruction data; with chat, rendered as conversations)."""
+        return self.prompt_field is not None or self.source == "arithmetic"
+
+    @property
+    def unpacked_prompts(self) -> bool:
+        """Whether prompts come from the split's items rather than its rows (chat data, or several documents a row)."""
+        return self.chat or self.mode == "pack_documents"
 
     @property
     def tokenizer(self) -> Any:
@@ -181,26 +251,35 @@ class TextDataModule(SourcesMixin, TokenizerMixin, TensorsMixin, L.LightningData
 
         Plain text: the first `prompt_len` tokens of each sequence (default seq_len // 2; in pad mode a
         shorter document gives its real tokens only). Prompt/completion data: the prompts themselves
-        (their last `prompt_len` tokens when given). Rows shorter than the longest are left-padded with
-        the pad id and attention_mask 0, as generation needs.
+        (their last `prompt_len` tokens when given). Chat data: each conversation rendered up to its last
+        assistant message with the template's generation prompt (its last `prompt_len` tokens when given,
+        at most seq_len). With mode pack_documents (rows holding several documents) the prompts come from
+        the split's documents, pairs or conversations, one each, as they would in pad mode. Rows shorter
+        than the longest are left-padded with the pad id and attention_mask 0, as generation needs.
         """
         t = self._split(split)
-        n = min(int(n), len(t["input_ids"]))
+        n = min(int(n), len(self.documents[split]) if self.unpacked_prompts else len(t["input_ids"]))
         if n < 1:
             raise DistillError(f"no prompts to take from split '{split}' (n={n})")
-        if not self.pairs and prompt_len is None:
+        if not self.pairs and not self.chat and prompt_len is None:
             prompt_len = self.seq_len // 2
         if prompt_len is not None and prompt_len < 1:
             raise DistillError(f"prompt_len must be >= 1, got {prompt_len}")
-        rows = []
-        for i in range(n):
-            ids = t["input_ids"][i]
-            if self.pairs:
-                ids = ids[: int(self.prompt_lengths[split][i])]
-                rows.append(ids[-prompt_len:] if prompt_len else ids)
-            else:
-                real = int(t["attention_mask"][i].sum())  # right padding only: the real tokens come first
-                rows.append(ids[: min(prompt_len, real)])
+        if self.unpacked_prompts:
+            rows = self._item_prompts(split, n, prompt_len)
+            n = len(rows)
+            if n < 1:
+                raise DistillError(f"no prompts to take from split '{split}' (its documents have no tokens)")
+        else:
+            rows = []
+            for i in range(n):
+                ids = t["input_ids"][i]
+                if self.pairs:
+                    ids = ids[: int(self.prompt_lengths[split][i])]
+                    rows.append(ids[-prompt_len:] if prompt_len else ids)
+                else:
+                    real = int(t["attention_mask"][i].sum())  # right padding only: the real tokens come first
+                    rows.append(ids[: min(prompt_len, real)])
         width = max(len(r) for r in rows)
         input_ids = torch.full((n, width), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((n, width), dtype=torch.long)
@@ -210,22 +289,47 @@ class TextDataModule(SourcesMixin, TokenizerMixin, TensorsMixin, L.LightningData
                 attention_mask[i, width - len(r) :] = 1
         return input_ids, attention_mask
 
+    def _item_prompts(self, split: str, n: int, prompt_len: int | None) -> list[Tensor]:
+        """The prompts of the split's first `n` items (documents with tokens, pairs or conversations)."""
+        items = self.documents[split]
+        if isinstance(items[0], Conversation):
+            texts = [self._chat().prompt(c)[0] for c in items[:n]]
+            keep = min(prompt_len or self.seq_len, self.seq_len)  # the end: it holds the generation prompt
+            return [torch.tensor(ids[-keep:], dtype=torch.long) for ids in self._encode(texts)]
+        if isinstance(items[0], Pair):
+            prompts = [ids[: self.seq_len] for ids in self._encode([p.prompt for p in items[:n]])]
+            return [torch.tensor(ids[-prompt_len:] if prompt_len else ids, dtype=torch.long) for ids in prompts]
+        rows: list[Tensor] = []
+        for start in range(0, len(items), n):  # as in pad mode: a document's tokens (and eos), the first prompt_len
+            for ids, _ in self._units(items[start : start + n]):
+                if ids and len(rows) < n:
+                    rows.append(torch.tensor(ids[: min(prompt_len, self.seq_len)], dtype=torch.long))
+            if len(rows) == n:
+                break
+        return rows
+
     def generation_examples(self, split: str, n: int | None = None) -> tuple[Tensor, Tensor, list[str]]:
         """The first `n` (None: all) examples of `split` to complete by generation: (prompt input_ids,
         attention_mask, reference completions). Prompts are left-padded (see `prompts`); a reference is
-        the text the model should produce after its prompt (a pair's completion).
+        the text the model should produce after its prompt: a pair's completion, or a conversation's last
+        assistant message (its prompt: the conversation before it, rendered with the generation prompt).
 
-        Only for data with prompts and answers (prompt/completion pairs); plain text has none.
+        Only for data with prompts and answers (prompt/completion pairs, conversations); plain text has none.
         """
-        if not self.pairs:
+        if not self.pairs and not self.chat:
             raise DistillError(
                 "evaluation by generation needs prompts with reference answers: prompt/completion pairs "
-                "(lm_data.prompt_field and completion_field)"
+                "(lm_data.prompt_field and completion_field) or conversations (lm_data.chat)"
             )
-        total = len(self._split(split)["input_ids"])
+        rows = len(self._split(split)["input_ids"])
+        total = len(self.documents[split]) if self.unpacked_prompts else rows
         n = total if n is None else min(int(n), total)
         ids, mask = self.prompts(split, n)
-        references = [item.completion for item in self.documents[split][:n]]
+        items = self.documents[split][:n]
+        if self.chat:
+            references = [c.messages[c.last_assistant]["content"] for c in items]
+        else:
+            references = [item.completion for item in items]
         return ids, mask, references
 
     def decode(self, ids: Tensor | Sequence[int] | Sequence[Sequence[int]], skip_special_tokens: bool = False) -> Any:
@@ -255,17 +359,21 @@ class TextDataModule(SourcesMixin, TokenizerMixin, TensorsMixin, L.LightningData
         if self.tensors:
             return
         start = time.perf_counter()
+        # Conversations are rendered (and checked) as they are read, in file order, with the pretrained
+        # tokenizer's special tokens (loaded then) or the BPE's (known before it is trained on them).
         splits = self.documents = self._load_splits()
-        self._tokenizer = self._load_tokenizer(splits["train"])
-        if self._tokenizer.eos_token_id is None:
-            raise DistillError(f"tokenizer '{self.tokenizer_name}' has no eos token; documents need one to end them")
-        if self._tokenizer.pad_token_id is None:
-            self._tokenizer.pad_token = self._tokenizer.eos_token
-        if self.pairs and self.mode == "pack":
-            log.info("Prompt/completion pairs are never packed: one padded sequence of %d tokens each", self.seq_len)
+        if self._tokenizer is None:
+            self._tokenizer = self._ready(self._load_tokenizer(splits["train"]))
+        if (self.pairs or self.chat) and self.mode == "pack":
+            what = "Conversations" if self.chat else "Prompt/completion pairs"
+            log.info("%s are not packed in mode pack: one padded sequence of %d tokens each", what, self.seq_len)
         tensors = {}
         for split in SPLITS:
-            if self.pairs:
+            if self.mode == "pack_documents":
+                tensors[split] = self._build_documents(split, splits[split])
+            elif self.chat:
+                tensors[split] = self._build_chat(split, splits[split])
+            elif self.pairs:
                 tensors[split] = self._build_pairs(split, splits[split])
             elif self.mode == "pack":
                 tensors[split] = self._build_packed(split, splits[split])
@@ -279,8 +387,10 @@ class TextDataModule(SourcesMixin, TokenizerMixin, TensorsMixin, L.LightningData
     def fingerprint(self) -> str:
         """A digest of what a model learns from here (after `setup`): the token tensors of every split and
         the tokenizer's identity (its vocabulary and merges), so that other text or another
-        tokenizer under the same paths gives another fingerprint."""
+        tokenizer under the same paths gives another fingerprint; with chat data, the chat template too
+        (it also writes the generation prompts)."""
         if self._fingerprint is None:
             arrays = {f"{split}.{name}": t for split in SPLITS for name, t in self._split(split).items()}
-            self._fingerprint = digest_text([digest_arrays(arrays), self._tokenizer_digest()])
+            parts = [digest_arrays(arrays), self._tokenizer_digest()]
+            self._fingerprint = digest_text(parts + ([self._chat().digest] if self.chat else []))
         return self._fingerprint

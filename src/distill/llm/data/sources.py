@@ -1,5 +1,5 @@
-"""Reading the text sources (stdlib, text, jsonl, hf) into documents or prompt/completion pairs, and splitting
-them into train/val/test (see `distill.llm.data`)."""
+"""Reading the text sources (stdlib, text, jsonl, hf, arithmetic) into documents, prompt/completion pairs or
+conversations, and splitting them into train/val/test (see `distill.llm.data`)."""
 
 from __future__ import annotations
 
@@ -10,16 +10,18 @@ import math
 import os
 import random
 import sysconfig
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from distill.errors import DistillError
+from distill.llm.data.arithmetic import arithmetic_problems
 
 log = logging.getLogger("distill.llm.data")  # one logger for the whole package
 
 SPLITS = ("train", "val", "test")
-SOURCES = ("stdlib", "text", "jsonl", "hf")
+SOURCES = ("stdlib", "text", "jsonl", "hf", "arithmetic")
 HF_FORMATS = ("json", "csv", "parquet", "text")
 # The files read from a folder given in `paths`, by source (text: every non-hidden file) and hf_format.
 FOLDER_SUFFIXES = {
@@ -59,6 +61,88 @@ class Pair:
         return len(self.prompt) + len(self.completion)
 
 
+@dataclass
+class Conversation:
+    """A list of chat messages (`{"role": ..., "content": ...}` dicts, other keys kept for the template).
+
+    The loss covers the assistant messages from `learn_from` on (a conversational prompt-completion row:
+    those of the completion; the prompt's own assistant turns are context). `text` and `spans` are the
+    chat template's rendering and the character ranges of it that are learned, set when it is rendered.
+    """
+
+    messages: list[dict[str, Any]]
+    name: str = ""
+    learn_from: int = 0
+    text: str | None = field(default=None, repr=False, compare=False)
+    spans: list[tuple[int, int]] = field(default_factory=list, repr=False, compare=False)
+
+    @property
+    def chars(self) -> int:
+        return sum(len(m["content"]) for m in self.messages)
+
+    @property
+    def last_assistant(self) -> int:
+        """The index of the last assistant message (reading checks that there is one)."""
+        return max(i for i, m in enumerate(self.messages) if m["role"] == "assistant")
+
+
+def parse_messages(value: Any, where: str, field_name: str) -> list[dict[str, Any]]:
+    """A row's list of messages, checked: objects with 'role' and 'content' strings (keys holding null dropped)."""
+    if not isinstance(value, list) or not value:
+        got = "an empty list" if isinstance(value, list) else type(value).__name__
+        raise DistillError(f"{where}: field '{field_name}' must be a non-empty list of messages, got {got}")
+    messages = []
+    for number, message in enumerate(value, start=1):
+        if not isinstance(message, dict):
+            raise DistillError(
+                f"{where}: message {number} must be an object with 'role' and 'content' strings, "
+                f"got {type(message).__name__}"
+            )
+        for key in ("role", "content"):
+            if not isinstance(message.get(key), str):
+                got = "none" if message.get(key) is None else type(message[key]).__name__
+                raise DistillError(f"{where}: message {number} needs a '{key}' string, got {got}")
+        messages.append({k: v for k, v in message.items() if v is not None})
+    return messages
+
+
+def conversation_from_row(
+    row: dict, where: str, messages_field: str | None, prompt_field: str | None, completion_field: str | None
+) -> Conversation:
+    """One conversation from a row: a list of messages (`messages_field`), a conversational prompt-completion
+    row (two lists of messages: the completion's assistant turns are learned), or a prompt/completion string
+    pair (a user message and the assistant's answer)."""
+    fields = [messages_field] if messages_field else [prompt_field, completion_field]
+    for name in fields:
+        if name not in row:
+            raise DistillError(f"{where}: no field '{name}' (fields: {', '.join(map(str, row)) or 'none'})")
+    if messages_field:
+        messages, learn_from = parse_messages(row[messages_field], where, messages_field), 0
+    else:
+        prompt, completion = row[prompt_field], row[completion_field]
+        if isinstance(prompt, str) and isinstance(completion, str):
+            messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+            learn_from = 1
+        elif isinstance(prompt, list) and isinstance(completion, list):
+            messages = parse_messages(prompt, where, prompt_field) + parse_messages(completion, where, completion_field)
+            learn_from = len(prompt)
+        else:
+            raise DistillError(
+                f"{where}: fields '{prompt_field}' and '{completion_field}' must both be strings or both lists of "
+                f"messages, got {type(prompt).__name__} and {type(completion).__name__}"
+            )
+    if not any(m["role"] == "assistant" for m in messages[learn_from:]):
+        part = "" if learn_from == 0 else f" in '{completion_field}'"
+        raise DistillError(f"{where}: no assistant message{part}: a conversation needs one to learn from")
+    return Conversation(messages, name=where, learn_from=learn_from)
+
+
+def pair_conversation(pair: Pair) -> Conversation:
+    """A prompt/completion pair as a conversation: the prompt as a user message, the completion as the answer."""
+    messages = [{"role": "user", "content": pair.prompt}, {"role": "assistant", "content": pair.completion}]
+    return Conversation(messages, name=pair.name, learn_from=1)
+
+
 class TextSettings:
     """The settings of `TextDataModule` its mixins read (annotations only: the module sets them)."""
 
@@ -68,6 +152,11 @@ class TextSettings:
     text_field: str
     prompt_field: str | None
     completion_field: str | None
+    messages_field: str | None
+    chat: bool
+    num_examples: int
+    digits: tuple[int, int]
+    operations: tuple[str, ...]
     val_fraction: float
     test_fraction: float
     max_chars: int | None
@@ -80,22 +169,33 @@ class SourcesMixin(TextSettings):
     """`TextDataModule`'s reading of its source and splitting of the text, from the settings it holds."""
 
     pairs: bool
+    _render_all: Callable[[dict[str, list]], None]  # ChatMixin
 
     def _load_splits(self) -> dict[str, list]:
         if self.source == "stdlib":
             return self._stdlib_splits()
-        if self.source == "text":
+        if self.source == "arithmetic":
+            items = [
+                Pair(prompt, completion, name=f"arithmetic example {number} ({prompt!r})")
+                for number, (prompt, completion) in enumerate(
+                    arithmetic_problems(self.num_examples, self.digits, self.operations, self.seed), start=1
+                )
+            ]
+            if self.chat:
+                items = [pair_conversation(p) for p in items]
+        elif self.source == "text":
             items = [Document(self._read_text(p), name=str(p)) for p in self._existing_files()]
         elif self.source == "jsonl":
             items = [item for p in self._existing_files() for item in self._read_jsonl(p)]
         else:
             items = self._read_hf()
         items = self._cap(items)
-        if self.pairs:
+        if self.chat:
+            self._render_all({"all": items})  # in file order: the first bad conversation is the one reported
+        if self.pairs or self.chat:
             if len(items) < 3:
-                raise DistillError(
-                    f"{len(items)} prompt/completion pairs are too few to split into train/val/test (need at least 3)"
-                )
+                what = "conversations" if self.chat else "prompt/completion pairs"
+                raise DistillError(f"{len(items)} {what} are too few to split into train/val/test (need at least 3)")
             return self._split_items(items)
         if len(items) >= 3:
             return self._split_items(items)
@@ -142,8 +242,8 @@ class SourcesMixin(TextSettings):
             raise DistillError(f"{path}: file is empty (whitespace only)")
         return text
 
-    def _read_jsonl(self, path: Path) -> list[Document | Pair]:
-        items: list[Document | Pair] = []
+    def _read_jsonl(self, path: Path) -> list[Document | Pair | Conversation]:
+        items: list[Document | Pair | Conversation] = []
         for number, line in enumerate(self._read_text(path).splitlines(), start=1):
             if not line.strip():
                 continue
@@ -158,20 +258,29 @@ class SourcesMixin(TextSettings):
             raise DistillError(f"{path}: no JSON lines in the file")
         return items
 
-    def _item(self, row: dict, where: str) -> Document | Pair:
-        """One document (text_field) or prompt/completion pair from a row; `where` names it in errors."""
-        fields = [self.prompt_field, self.completion_field] if self.pairs else [self.text_field]
+    def _row_fields(self) -> list[str]:
+        """The fields a row's example is read from."""
+        if self.chat and self.messages_field:
+            return [self.messages_field]
+        return [self.prompt_field, self.completion_field] if self.pairs else [self.text_field]
+
+    def _item(self, row: dict, where: str) -> Document | Pair | Conversation:
+        """One document (text_field), prompt/completion pair or, with chat, conversation from a row; `where`
+        names it in errors."""
+        if self.chat:
+            return conversation_from_row(row, where, self.messages_field, self.prompt_field, self.completion_field)
+        fields = self._row_fields()
         values = []
-        for field in fields:
-            if field not in row:
-                raise DistillError(f"{where}: no field '{field}' (fields: {', '.join(map(str, row)) or 'none'})")
-            value = row[field]
+        for name in fields:
+            if name not in row:
+                raise DistillError(f"{where}: no field '{name}' (fields: {', '.join(map(str, row)) or 'none'})")
+            value = row[name]
             if not isinstance(value, str):
-                raise DistillError(f"{where}: field '{field}' must be a string, got {type(value).__name__}")
+                raise DistillError(f"{where}: field '{name}' must be a string, got {type(value).__name__}")
             values.append(value)
         return Pair(*values, name=where) if self.pairs else Document(values[0], name=where)
 
-    def _read_hf(self) -> list[Document | Pair]:
+    def _read_hf(self) -> list[Document | Pair | Conversation]:
         files = [str(p) for p in self._existing_files()]
         import datasets  # noqa: PLC0415  (heavy: only this source needs it)
 
@@ -186,11 +295,11 @@ class SourcesMixin(TextSettings):
         finally:
             if bars:
                 datasets.enable_progress_bars()
-        fields = [self.prompt_field, self.completion_field] if self.pairs else [self.text_field]
-        for field in fields:
-            if field not in loaded.column_names:
+        fields = self._row_fields()
+        for name in fields:
+            if name not in loaded.column_names:
                 raise DistillError(
-                    f"{', '.join(files)}: no column '{field}' (columns: {', '.join(loaded.column_names)})"
+                    f"{', '.join(files)}: no column '{name}' (columns: {', '.join(loaded.column_names)})"
                 )
         items = []
         for number, row in enumerate(loaded.select_columns(fields), start=1):
@@ -256,8 +365,9 @@ class SourcesMixin(TextSettings):
             return "test"
         return "train"
 
-    def _cap(self, items: list[Document | Pair]) -> list[Document | Pair]:
-        """The items up to `max_chars` characters in all (the document crossing the limit is cut; a pair is dropped)."""
+    def _cap(self, items: list) -> list:
+        """The items up to `max_chars` characters in all (the document crossing the limit is cut; a pair or a
+        conversation is dropped)."""
         if self.max_chars is None:
             return items
         kept, chars = [], 0

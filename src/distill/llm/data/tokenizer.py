@@ -1,5 +1,5 @@
-"""The tokenizer: a byte-level BPE trained on the training split and cached under its key, or a local
-pretrained one (see `distill.llm.data`)."""
+"""The tokenizer: a byte-level BPE trained on the training split (with chat data, on the rendered
+conversations) and cached under its key, or a local pretrained one (see `distill.llm.data`)."""
 
 from __future__ import annotations
 
@@ -15,14 +15,15 @@ from typing import Any
 from distill.atomic import remove_stale_temporaries, write_text
 from distill.errors import DistillError
 from distill.fingerprint import digest_text
-from distill.llm.data.sources import Document, TextSettings
+from distill.llm.data.chat import ChatMixin
+from distill.llm.data.sources import Document, Pair
 
 log = logging.getLogger("distill.llm.data")  # one logger for the whole package
 
 PAD_TOKEN, EOS_TOKEN = "<|pad|>", "<|endoftext|>"
 
 
-class TokenizerMixin(TextSettings):
+class TokenizerMixin(ChatMixin):
     """`TextDataModule`'s tokenizer: loading or training it, its cache key and digest, encoding."""
 
     tokenizer_name: str
@@ -31,6 +32,7 @@ class TokenizerMixin(TextSettings):
     documents: dict[str, list]
     tokenizer: Any
     _tokenizer: Any
+    split_digits: bool
 
     def _tokenizer_digest(self) -> str:
         tokenizer = self.tokenizer
@@ -41,14 +43,23 @@ class TokenizerMixin(TextSettings):
         vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
         return digest_text([json.dumps(vocab), special])
 
-    @staticmethod
-    def _bpe_texts(train: list) -> list[str]:
-        """The strings a BPE learns from: each document, or each pair's prompt and completion."""
-        return [
-            t
-            for item in train
-            for t in ((item.text,) if isinstance(item, Document) else (item.prompt, item.completion))
-        ]
+    def _bpe_texts(self, train: list) -> list[str]:
+        """The strings a BPE learns from: each document, each pair's prompt and completion, or each
+        conversation as the chat template renders it (so the template's markers are learned too)."""
+        texts: list[str] = []
+        for item in train:
+            if isinstance(item, Document):
+                texts.append(item.text)
+            elif isinstance(item, Pair):
+                texts += [item.prompt, item.completion]
+            else:
+                texts.append(self._rendered(item).text)
+        return texts
+
+    def _bpe_special_tokens(self) -> list[str]:
+        """The BPE's special tokens: pad and eos, and with chat data the template's `<|...|>` markers."""
+        markers = self._chat().markers() if self.chat else []
+        return [PAD_TOKEN, EOS_TOKEN] + [m for m in markers if m not in (PAD_TOKEN, EOS_TOKEN)]
 
     def _cache_key(self, train: list | None = None) -> str:
         """The BPE's cache key: the settings and a digest of the training text (`train`: the training split's
@@ -68,7 +79,22 @@ class TokenizerMixin(TextSettings):
             "fields": [self.text_field, self.prompt_field, self.completion_field, self.hf_format],
             "text": digest_text(self._bpe_texts(train)),
         }
+        # Only set where used, so the keys of other data (and their cached files) stay as they were.
+        if self.chat:
+            key["chat"] = {"template": self._chat().digest, "messages_field": self.messages_field}
+        if self.split_digits:
+            key["split_digits"] = True
+        if self.source == "arithmetic":
+            key["arithmetic"] = [self.num_examples, list(self.digits), list(self.operations)]
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+    def _ready(self, tokenizer: Any) -> Any:
+        """The tokenizer, checked: an eos token to end documents; padding with eos where it has no pad token."""
+        if tokenizer.eos_token_id is None:
+            raise DistillError(f"tokenizer '{self.tokenizer_name}' has no eos token; documents need one to end them")
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return tokenizer
 
     def _load_tokenizer(self, train: list) -> Any:
         from transformers import AutoTokenizer, PreTrainedTokenizerFast  # noqa: PLC0415  (heavy import)
@@ -81,14 +107,19 @@ class TokenizerMixin(TextSettings):
                     "(data.tokenizer is 'bpe' or a local directory written by save_pretrained; nothing is downloaded)"
                 )
             try:
-                return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+                loaded = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
             except (OSError, ValueError, TypeError) as err:
                 raise DistillError(f"cannot load a tokenizer from {path}: {err}") from None
+            if self.chat_template is not None:  # the configured template travels with the tokenizer (export)
+                loaded.chat_template = self.chat_template
+            return loaded
         from tokenizers import Tokenizer  # noqa: PLC0415
 
-        if self.requested_vocab_size < 258:
+        special = self._bpe_special_tokens()
+        if self.requested_vocab_size < 256 + len(special):
             raise DistillError(
-                f"vocab_size must be >= 258 (256 bytes + 2 special tokens), got {self.requested_vocab_size}"
+                f"vocab_size must be >= {256 + len(special)} (256 bytes + {len(special)} special tokens), "
+                f"got {self.requested_vocab_size}"
             )
         path = self.cache_dir / f"tokenizer-{self._cache_key(train)}.json"
         self.tokenizer_path = path
@@ -99,9 +130,12 @@ class TokenizerMixin(TextSettings):
             backend = self._train_bpe(train)
             remove_stale_temporaries(path.parent)
             write_text(path, backend.to_str())  # atomic: a concurrent run sees the whole file or none
-        return PreTrainedTokenizerFast(
+        tokenizer = PreTrainedTokenizerFast(
             tokenizer_object=backend, pad_token=PAD_TOKEN, eos_token=EOS_TOKEN, clean_up_tokenization_spaces=False
         )
+        if self.chat:
+            tokenizer.chat_template = self._chat().source  # written with it by save_pretrained
+        return tokenizer
 
     def _train_bpe(self, train: list) -> Any:
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: PLC0415
@@ -110,10 +144,14 @@ class TokenizerMixin(TextSettings):
         start = time.perf_counter()
         backend = Tokenizer(models.BPE())
         backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        if self.split_digits:  # every digit its own token: numbers are read digit by digit
+            backend.pre_tokenizer = pre_tokenizers.Sequence(
+                [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+            )
         backend.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
             vocab_size=self.requested_vocab_size,
-            special_tokens=[PAD_TOKEN, EOS_TOKEN],
+            special_tokens=self._bpe_special_tokens(),
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
             show_progress=False,
         )
