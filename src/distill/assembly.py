@@ -335,7 +335,9 @@ def fit_payload(
     callbacks = OmegaConf.to_container(cfg.get("callbacks") or {}, resolve=True)
     return {
         "kind": kind,
-        "net": {k: v for k, v in OmegaConf.to_container(net, resolve=True).items() if k not in NET_KEYS_NOT_IN_CACHE_KEY},
+        "net": {
+            k: v for k, v in OmegaConf.to_container(net, resolve=True).items() if k not in NET_KEYS_NOT_IN_CACHE_KEY
+        },
         "fit": OmegaConf.to_container(fit, resolve=True),
         "data": data_part,
         "data_fingerprint": fingerprint,
