@@ -431,17 +431,24 @@ SHORT_HEADERS = {
     "nonzero_parameters": "non-zero",
     "bytes": "bytes",
     "flops": "FLOPs",
+    "exact_match": "EM",
+    "rouge_l": "R-L",
+    "exact_match_sampled": "EM smp",
+    "rouge_l_sampled": "R-L smp",
 }
 # The columns left out first when even short headers do not fit: the least telling first.
 DROP_ORDER = (
-    "trainable_parameters", "nonzero_parameters", "calibration_error", "latency_ms_batch_*", "flops",
-    "agreement", "bytes", "val_perplexity", "latency_ms_batch_1", "parameters",
+    "trainable_parameters", "nonzero_parameters", "rouge_l_sampled", "exact_match_sampled", "calibration_error",
+    "latency_ms_batch_*", "flops", "agreement", "rouge_l", "bytes", "val_perplexity", "latency_ms_batch_1", "parameters",
 )  # fmt: skip
 _LEGEND = {
     "agreement": "agree: agreement with the teacher",
     "bytes": "bytes: on disk",
     "latency": "ms@N: latency in ms at batch size N",
     "flops": "FLOPs: per sample",
+    "exact_match": "EM: exact match of generated answers",
+    "rouge_l": "R-L: ROUGE-L of generated answers",
+    "exact_match_sampled": "smp: sampled, not greedy",
 }
 
 
