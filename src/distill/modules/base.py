@@ -135,6 +135,9 @@ class TeacherStudentModule(L.LightningModule):
         self.net = net
         self.teachers = {name: freeze(t) for name, t in (teachers or {}).items()}
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        # "epoch": the scheduler steps once an epoch; "step": once an optimiser step, and is built with
+        # total_steps (the run's optimiser steps: OneCycleLR's warm-up and annealing over the whole run).
+        self.scheduler_interval = "epoch"
         self.prefix = prefix
 
     # -- teachers follow the module but stay frozen ------------------------------------------
@@ -195,10 +198,11 @@ class TeacherStudentModule(L.LightningModule):
         optimizer = self.optimizer_factory(params)
         if self.scheduler_factory is None:
             return optimizer
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "epoch"},
-        }
+        if self.scheduler_interval == "step":
+            scheduler = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
+        else:
+            scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
 
 
 class ClassifierModule(TeacherStudentModule):

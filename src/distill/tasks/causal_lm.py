@@ -203,7 +203,7 @@ class CausalLMTask(Task):
         gen, teachers = cfg.generation, teachers or {}
         for teacher in teachers.values():  # the frozen teachers in the precision they teach in (lm_teacher.dtype)
             reduce_precision(teacher, (cfg.get("lm_teacher") or {}).get("dtype"))
-        return LMDistillationModule(
+        module = LMDistillationModule(
             model, teachers, terms or {}, optimizer=build(fit.optimizer, f"{stage} optimizer"),
             lm_weight=1.0 if terms is None else cfg.lm_weight,
             scheduler=build(fit.scheduler, f"{stage} scheduler") if fit.get("scheduler") else None,
@@ -212,6 +212,11 @@ class CausalLMTask(Task):
             prompt_len=gen.prompt_len, generation_temperature=gen.temperature, seed=cfg.seed, prefix=stage,
             pad_token_id=dm.pad_token_id, eos_token_id=dm.eos_token_id, gradient_clip_val=fit.get("gradient_clip_val"),
         )  # fmt: skip
+        interval = fit.get("scheduler_interval") or "epoch"
+        if interval not in ("epoch", "step"):
+            raise DistillError(f"{stage}: fit.scheduler_interval must be epoch or step, got {interval!r}")
+        module.scheduler_interval = interval
+        return module
 
     def train_loader(self, dm: Any, fit: DictConfig, role: str) -> Any:
         return dm.train_dataloader(fit.get("batch_size"), fit.get("train_fraction"))
