@@ -74,7 +74,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tmp_path: Path, lora: d
 
 # dtype, the largest logit difference from float32 allowed (as a share of the largest logit), memory ratio bounds.
 # Measured on this tiny llama (initializer_range 0.1, so that logits reach a few units): bfloat16 about 1%,
-# float16 0.2%, int8 3-4% of the largest logit; memory 0.50, 0.50 and 0.27 of float32's.
+# float16 0.2%, int8 2.4-3.3% of the largest logit; memory 0.50, 0.50 and 0.29 of float32's.
 PRECISIONS = [("bfloat16", 0.02, (0.5, 0.5)), ("float16", 0.005, (0.5, 0.5)), ("int8", 0.06, (0.25, 0.3))]
 
 

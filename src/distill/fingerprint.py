@@ -42,6 +42,19 @@ def digest_text(texts: Iterable[str]) -> str:
     return h.hexdigest()[:32]
 
 
+def tokenizer_digest(tokenizer: Any) -> str:
+    """A digest of a `transformers` tokenizer's identity: its whole JSON when it is fast (model, vocabulary,
+    merges, normalisers), else its vocabulary; and its special tokens."""
+    import json  # noqa: PLC0415
+
+    special = json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return digest_text([backend.to_str(), special])
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    return digest_text([json.dumps(vocab), special])
+
+
 def digest_file(path: str | Path, chunk: int = 1 << 20) -> str:
     """A sha256 of one file's bytes."""
     h = hashlib.sha256()

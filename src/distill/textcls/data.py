@@ -18,10 +18,10 @@ from torch import Tensor
 from distill.data.base import split_off
 from distill.data.batches import TensorBatches
 from distill.errors import DistillError
-from distill.fingerprint import digest_arrays, digest_text
+from distill.fingerprint import digest_arrays, digest_text, tokenizer_digest
 from distill.textcls.rows import HF_FORMATS, SPLITS, Example, read_file
 from distill.textcls.stdlib import stdlib_docstrings
-from distill.textcls.tokenizer import TRAINED, load_pretrained, tokenizer_digest, trained_tokenizer
+from distill.textcls.tokenizer import TRAINED, load_pretrained, trained_tokenizer
 
 log = logging.getLogger("distill.textcls")
 

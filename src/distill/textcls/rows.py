@@ -4,13 +4,13 @@ the checks of their fields and labels (see `distill.textcls`)."""
 from __future__ import annotations
 
 import csv
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from distill.errors import DistillError
+from distill.jsonlines import json_objects
 
 SPLITS = ("train", "val", "test")
 HF_FORMATS = ("json", "csv", "parquet")
@@ -81,19 +81,10 @@ def read_jsonl(path: Path, fields: tuple[str, str | None, str]) -> list[Example]
     """One JSON object a line (blank lines skipped); a row is named by its line."""
     examples = []
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise DistillError(f"cannot read {path} as UTF-8 text: {err}") from None
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path}, line {number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DistillError(f"{where}: not JSON ({err.msg})") from None
-        if not isinstance(row, dict):
-            raise DistillError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    for where, row in json_objects(text, path):
         examples.append(_example(row, where, fields))
     return examples
 

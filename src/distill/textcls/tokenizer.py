@@ -21,16 +21,6 @@ PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = [PAD, UNK, CLS, SEP, MASK]  # ids 0..4 in a trained vocabulary
 
 
-def tokenizer_digest(tokenizer: Any) -> str:
-    """A digest of a tokenizer's identity: its whole JSON when it is fast, else its vocabulary; and its special tokens."""
-    special = json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str)
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        return digest_text([backend.to_str(), special])
-    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
-    return digest_text([json.dumps(vocab), special])
-
-
 def load_pretrained(name: str) -> Any:
     """A tokenizer saved by `save_pretrained` in a local folder (nothing is downloaded), with a pad token."""
     from transformers import AutoTokenizer  # noqa: PLC0415  (heavy import)

@@ -4,7 +4,6 @@ conversations, and splitting them into train/val/test (see `distill.llm.data`)."
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import os
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.errors import DistillError
+from distill.jsonlines import json_objects
 from distill.llm.data.arithmetic import arithmetic_problems
 
 log = logging.getLogger("distill.llm.data")  # one logger for the whole package
@@ -244,16 +244,8 @@ class SourcesMixin(TextSettings):
 
     def _read_jsonl(self, path: Path) -> list[Document | Pair | Conversation]:
         items: list[Document | Pair | Conversation] = []
-        for number, line in enumerate(self._read_text(path).splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DistillError(f"{path}, line {number}: not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise DistillError(f"{path}, line {number}: expected a JSON object, got {type(row).__name__}")
-            items.append(self._item(row, f"{path}, line {number}"))
+        for where, row in json_objects(self._read_text(path), path):
+            items.append(self._item(row, where))
         if not items:
             raise DistillError(f"{path}: no JSON lines in the file")
         return items

@@ -14,7 +14,7 @@ from typing import Any
 
 from distill.atomic import remove_stale_temporaries, write_text
 from distill.errors import DistillError
-from distill.fingerprint import digest_text
+from distill.fingerprint import digest_text, tokenizer_digest
 from distill.llm.data.chat import ChatMixin
 from distill.llm.data.sources import Document, Pair
 
@@ -35,13 +35,7 @@ class TokenizerMixin(ChatMixin):
     split_digits: bool
 
     def _tokenizer_digest(self) -> str:
-        tokenizer = self.tokenizer
-        special = json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str)
-        backend = getattr(tokenizer, "backend_tokenizer", None)
-        if backend is not None:  # a fast tokenizer: its whole JSON (model, vocabulary, merges, normalisers)
-            return digest_text([backend.to_str(), special])
-        vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
-        return digest_text([json.dumps(vocab), special])
+        return tokenizer_digest(self.tokenizer)
 
     def _bpe_texts(self, train: list) -> list[str]:
         """The strings a BPE learns from: each document, each pair's prompt and completion, or each
