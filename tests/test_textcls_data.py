@@ -85,7 +85,8 @@ def test_csv_string_labels_and_pairs(tmp_path, word_tokenizer):
         [2, 4, 3, 7, 7, 3]
     ]
     batch = next(iter(d.test_dataloader()))
-    assert set(batch) == {"input_ids", "attention_mask", "token_type_ids", "labels", "index"}
+    assert set(batch) == {"x", "y", "index", "attention_mask"}
+    assert batch["x"].tolist() == [[[2, 4, 3, 7, 7, 3], [1] * 6, [0, 0, 0, 1, 1, 1]]]  # ids, mask, token types
     assert "sentence pairs, 2 classes (no, yes)" in d.describe()
 
 
@@ -113,10 +114,15 @@ def test_jsonl_integer_labels_truncation_and_dynamic_padding(tmp_path, word_toke
     assert t["input_ids"].tolist() == [[2, 4, 5, 3], [2, 4, 3, 0], [2, 5, 6, 3], [2, 7, 3, 0]]
     assert t["lengths"].tolist() == [4, 3, 4, 3]
     batches = list(d.val_dataloader())
-    assert [b["input_ids"].shape[1] for b in batches] == [4, 4]
+    assert [b["x"].shape for b in batches] == [(2, 3, 4), (2, 3, 4)]
     rows_34 = d.val_dataloader().rows(torch.tensor([1, 3]))  # two rows of 3 tokens: a batch 3 wide
-    assert rows_34["input_ids"].tolist() == [[2, 4, 3], [2, 7, 3]] and rows_34["labels"].tolist() == [1, 1]
-    assert rows_34["index"].tolist() == [1, 3]
+    assert rows_34["x"][:, 0].tolist() == [[2, 4, 3], [2, 7, 3]] and rows_34["y"].tolist() == [1, 1]
+    assert rows_34["x"][:, 1].tolist() == [[1, 1, 1]] * 2 and rows_34["x"][:, 2].tolist() == [[0, 0, 0]] * 2
+    assert rows_34["attention_mask"].tolist() == [[1, 1, 1]] * 2 and rows_34["index"].tolist() == [1, 3]
+    full = d.val_dataloader().inputs(1, 3)  # rows 1 and 2 at the split's full width
+    assert full[:, 0].tolist() == [[2, 4, 3, 0], [2, 5, 6, 3]] and full[:, 1].tolist() == [[1, 1, 1, 0], [1] * 4]
+    assert d.model_inputs("val", 2, width=6)[:, 0].tolist() == [[2, 4, 5, 3, 0, 0], [2, 4, 3, 0, 0, 0]]
+    assert d.model_inputs("val", 1, width=2)[:, 0].tolist() == [[2, 4]]
 
 
 @pytest.mark.parametrize("fmt", ["json", "parquet", "csv"])

@@ -435,17 +435,21 @@ SHORT_HEADERS = {
     "rouge_l": "R-L",
     "exact_match_sampled": "EM smp",
     "rouge_l_sampled": "R-L smp",
+    "macro_f1": "F1",
+    "tokens_per_second": "tok/s",
 }
 # The columns left out first when even short headers do not fit: the least telling first.
 DROP_ORDER = (
     "trainable_parameters", "nonzero_parameters", "rouge_l_sampled", "exact_match_sampled", "calibration_error",
-    "latency_ms_batch_*", "flops", "agreement", "rouge_l", "bytes", "val_perplexity", "latency_ms_batch_1", "parameters",
+    "latency_ms_batch_*", "tokens_per_second", "flops", "agreement", "macro_f1", "rouge_l", "bytes", "val_perplexity", "latency_ms_batch_1", "parameters",
 )  # fmt: skip
 _LEGEND = {
     "agreement": "agree: agreement with the teacher",
     "bytes": "bytes: on disk",
     "latency": "ms@N: latency in ms at batch size N",
     "flops": "FLOPs: per sample",
+    "macro_f1": "F1: macro-F1",
+    "tokens_per_second": "tok/s: tokens per second at the largest batch",
     "exact_match": "EM: exact match of generated answers",
     "rouge_l": "R-L: ROUGE-L of generated answers",
     "exact_match_sampled": "smp: sampled, not greedy",

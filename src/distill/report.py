@@ -15,6 +15,7 @@ log = logging.getLogger(__name__)
 COLUMNS = {  # key: (header, format)
     "model": ("model", "{}"),
     "accuracy": ("test acc", "{:.4f}"),
+    "macro_f1": ("macro-F1", "{:.4f}"),
     "perplexity": ("test ppl", "{:.3f}"),
     "val_perplexity": ("val ppl", "{:.3f}"),
     "agreement": ("agree w/ teacher", "{:.4f}"),
@@ -28,7 +29,11 @@ COLUMNS = {  # key: (header, format)
     "nonzero_parameters": ("non-zero params", "{:,}"),
     "bytes": ("bytes on disk", "{:,}"),
     "flops": ("FLOPs/sample", "{:,}"),
+    "tokens_per_second": ("tokens/s", "{:,.0f}"),
 }
+
+
+LATENCY_BEFORE = ("flops", "tokens_per_second")
 
 
 def _columns(rows: list[dict[str, Any]]) -> list[str]:
@@ -36,7 +41,9 @@ def _columns(rows: list[dict[str, Any]]) -> list[str]:
         {k for r in rows for k in r if k.startswith("latency_ms_batch_")}, key=lambda k: int(k.rsplit("_", 1)[1])
     )
     keys = [k for k in COLUMNS if any(k in r for r in rows)]
-    return keys[:-1] + latency + keys[-1:]
+    after = [k for k in keys if k in LATENCY_BEFORE]  # latency columns go in before these
+    cut = keys.index(after[0]) if after else len(keys)
+    return keys[:cut] + latency + keys[cut:]
 
 
 def _header(key: str) -> str:

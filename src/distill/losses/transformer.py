@@ -155,6 +155,10 @@ class _TransformerTerm(LossTerm):
 
     def _pair(self, view: StepView, i: int) -> tuple[Tensor, Tensor]:
         s, t = self.feature_pair(view, i)
+        if s.ndim == 3 and t.ndim == 3 and t.shape[1] > s.shape[1]:
+            # Teacher outputs computed once over rows padded to the split's longest (cached): its positions
+            # past this batch's width are padding, and the real ones do not depend on how much follows.
+            t = t[:, : s.shape[1]]
         if s.ndim != 3 or t.ndim != 3 or s.shape[:2] != t.shape[:2]:
             raise DistillError(
                 f"{self.where}: student ({self.student_layers[i]}) and teacher ({self.teacher_layers[i]}) must give "

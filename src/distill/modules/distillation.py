@@ -117,6 +117,7 @@ class DistillationModule(ClassifierModule):
             index=batch.get("index"),
             epoch=self.current_epoch,
             num_samples=self.num_samples,
+            attention_mask=batch.get("attention_mask"),  # sequence inputs: which positions are padding
         )
 
     def _probe(self, x: Tensor, num_classes: int) -> None:

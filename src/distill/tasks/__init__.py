@@ -12,8 +12,9 @@ from distill.tasks.base import (
 )
 from distill.tasks.causal_lm import CausalLMTask
 from distill.tasks.classification import ClassificationTask
+from distill.tasks.text_classification import TextClassificationTask
 
 __all__ = [
     "Batches", "CausalLMTask", "ClassificationTask", "CompressionStage", "DataModule", "ModelSpec", "RunContext",
-    "StudentSpec", "Task", "check_contract",
+    "StudentSpec", "Task", "TextClassificationTask", "check_contract",
 ]  # fmt: skip

@@ -29,12 +29,24 @@ SOURCES = ("stdlib_docstrings", "files")
 ROW_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-class PaddedBatches(TensorBatches):
-    """`{"input_ids", "attention_mask", ("token_type_ids"), "labels", "index"}` batches of a split's rows, each
-    batch cut to its longest row (rows are stored right-padded to the split's longest).
+def pack(tensors: dict[str, Tensor], index: Tensor | slice, width: int) -> Tensor:
+    """Rows `index` of a split as one `[batch, 3, width]` integer tensor: token ids, attention mask and
+    token types (zeros without pairs), the input `distill.textcls.models.SequenceClassifier` takes."""
+    ids = tensors["input_ids"][index, :width]
+    types = tensors["token_type_ids"][index, :width] if "token_type_ids" in tensors else torch.zeros_like(ids)
+    return torch.stack([ids, tensors["attention_mask"][index, :width], types], dim=1)
 
-    Behaves like `TensorBatches` (order from (seed, epoch), `set_epoch`, `sharded`, `deterministic`);
-    `index` is each example's row in its split.
+
+class PaddedBatches(TensorBatches):
+    """`{"x", "y", "index", "attention_mask"}` batches of a split's rows, each batch cut to its longest row
+    (rows are stored right-padded to the split's longest).
+
+    `x` is `[batch, 3, width]`: token ids, attention mask and token types (`pack`); `y` the labels;
+    `index` each example's row in its split; `attention_mask` (`x[:, 1]`) tells the loss terms which
+    positions are padding. Behaves like `TensorBatches` (order from (seed, epoch), `set_epoch`, `sharded`,
+    `deterministic`); `inputs(start, stop)` gives rows at the split's full width, so that outputs computed
+    once over the split (cached teacher outputs) line up: a BERT-style model's outputs at the real
+    positions do not depend on how much padding follows them.
     """
 
     def __init__(self, tensors: dict[str, Tensor], batch_size: int, **kwargs: Any) -> None:
@@ -44,13 +56,12 @@ class PaddedBatches(TensorBatches):
     def rows(self, index: Tensor) -> dict[str, Tensor]:
         """The batch of rows `index`, as wide as its longest row."""
         width = int(self.tensors["lengths"][index].max()) if len(index) else 0
-        out = {k: self.tensors[k][index, :width] for k in ROW_KEYS if k in self.tensors}
-        out["labels"], out["index"] = self.tensors["labels"][index], index
-        return out
+        x = pack(self.tensors, index, width)
+        return {"x": x, "y": self.tensors["labels"][index], "index": index, "attention_mask": x[:, 1]}
 
-    def inputs(self, start: int, stop: int) -> dict[str, Tensor]:  # type: ignore[override]
-        """Rows `start:stop` as a batch (unshuffled): for computing teacher outputs once."""
-        return self.rows(torch.arange(start, min(stop, len(self.x))))
+    def inputs(self, start: int, stop: int) -> Tensor:  # type: ignore[override]
+        """Rows `start:stop` (unshuffled) at the split's full width: for computing teacher outputs once."""
+        return pack(self.tensors, slice(start, min(stop, len(self.x))), self.tensors["input_ids"].shape[1])
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
         for batch in super().__iter__():
@@ -232,6 +243,33 @@ class TextClassificationData(L.LightningDataModule):
 
     def test_dataloader(self) -> PaddedBatches:
         return PaddedBatches(self._split("test"), self.eval_batch_size)
+
+    # what classification's modules ask of their data (distill.tasks.classification.ClassificationData)
+    def distill_dataloader(self, batch_size: int | None = None) -> PaddedBatches:
+        """The student's distillation batches: the training examples (there is no separate transfer set)."""
+        return self.train_dataloader(batch_size)
+
+    @property
+    def num_train(self) -> int:
+        return self.num_examples("train")
+
+    num_transfer = 0
+
+    def model_inputs(self, split: str, n: int, width: int | None = None) -> Tensor:
+        """The first `n` rows of `split` as a model takes them (`pack`), `width` tokens wide (padded or cut;
+        default: their longest row)."""
+        tensors = self._split(split)
+        n = min(n, len(tensors["labels"]))
+        longest = int(tensors["lengths"][:n].max())
+        x = pack(tensors, slice(0, n), longest)
+        if width is not None and width != longest:
+            if width < longest:
+                x = x[:, :, :width]
+            else:
+                pad = x.new_zeros(n, 3, width - longest)
+                pad[:, 0] = self.pad_token_id
+                x = torch.cat([x, pad], dim=2)
+        return x
 
     def _split(self, split: str) -> dict[str, Tensor]:
         if split not in SPLITS:
