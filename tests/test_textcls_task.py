@@ -159,8 +159,8 @@ def cases(tmp_path: Path) -> list[tuple[list[str], str]]:
     pretrained = "teacher.bert_small.net={_target_: distill.textcls.models.pretrained_classifier, path: %s}"
     return [
         ([f"data.train={good}", f"data.tokenizer={tmp_path}/no_such_tokenizer"], "tokenizer directory not found"),
-        ([f"data.train={missing_text}"], "has no 'text'"),
-        ([f"data.train={empty}"], "empty"),
+        ([f"data.train={missing_text}"], "line 2: no field 'text'"),
+        ([f"data.train={empty}"], "no examples (the file has no rows)"),
         ([f"data.train={good}", pretrained % (tmp_path / "two_labels"), "teacher.bert_small.fit=null"],
          "predicts 2 classes but the data have 3"),
         ([f"data.train={good}", pretrained % (tmp_path / "mlm"), "teacher.bert_small.fit=null"],
@@ -201,3 +201,43 @@ def test_transformer_terms_read_their_settings_from_the_models() -> None:
     cfg.distill.minilm.student_layer = 1
     with pytest.raises(DistillError, match="needs a teacher"):
         TextClassificationTask.fill_term_settings(cfg, student, {})
+
+
+@pytest.mark.slow
+def test_glue_recipe_runs_on_local_files_in_the_hub_layout(tmp_path: Path, monkeypatch) -> None:
+    """experiment=glue_sst2 with a tiny BERT-base stand-in and a few parquet rows where the recipe looks."""
+    import pandas as pd
+    from transformers import BertConfig, BertForMaskedLM
+
+    from distill.textcls.tokenizer import trained_tokenizer
+
+    rng = np.random.default_rng(3)
+    frames = {}
+    for split, n in (("train", 80), ("validation", 30)):
+        labels = rng.integers(0, 2, n)
+        words = [WORDS["sport"], WORDS["food"]]
+        text = [" ".join(rng.choice(words[y], 5)) for y in labels]
+        frames[split] = pd.DataFrame({"sentence": text, "label": labels, "idx": np.arange(n)})
+    glue = tmp_path / "glue" / "sst2"
+    glue.mkdir(parents=True)
+    for split, frame in frames.items():
+        frame.to_parquet(glue / f"{split}-00000-of-00001.parquet")
+    tokenizer, _ = trained_tokenizer("wordpiece", list(frames["train"].sentence), 100, True, tmp_path / "tok")
+    bert = tmp_path / "bert-base"
+    small = BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=32, max_position_embeddings=64)  # fmt: skip
+    BertForMaskedLM(small).save_pretrained(str(bert))
+    tokenizer.save_pretrained(str(bert))
+    monkeypatch.setenv("GLUE_DIR", str(tmp_path / "glue"))
+    monkeypatch.setenv("BERT_BASE_DIR", str(bert))
+    report = run_job([
+        "experiment=glue_sst2", "data.max_length=16", "data.val_fraction=0.2", "teacher.bert_base.fit.epochs=1",
+        "teacher.bert_base.fit.optimizer.lr=0.001", "student.net.hidden_size=16", "student.net.num_layers=1",
+        "student.net.heads=2", "student.net.intermediate_size=32", "student.fit.epochs=1", "report.latency_repeats=2",
+        f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path}/run", "callbacks.progress_bar.refresh_rate=0",
+    ])  # fmt: skip
+    rows = {r["model"]: r for r in report["rows"]}
+    assert set(rows) == {"teacher:bert_base", "baseline", "student"}
+    assert (
+        report["class_names"] == ["0", "1"] and rows["student"]["parameters"] < rows["teacher:bert_base"]["parameters"]
+    )

@@ -63,6 +63,9 @@ def test_every_trainer_setting_is_in_the_key_but_the_named_few(tmp_path: Path) -
         "+callbacks.killer._target_=tests.helpers.KillAfterEpoch +callbacks.killer.stage=student",
     ):  # fmt: skip
         assert key(override) == base, override
+    # No callbacks at all (an empty node, the benchmarks' setting): the same key too.
+    bare = compose_config([o for o in tiny_job(tmp_path) if not o.startswith("callbacks.")] + ["callbacks=none"])
+    assert cache_key(fit_payload(bare, "teacher", bare.student.net, bare.student.fit, data_fingerprint="abc")) == base
     assert {"devices", "accelerator", "strategy", "logger", "callbacks", "enable_progress_bar"} <= set(
         TRAINER_KEYS_NOT_IN_CACHE_KEY
     )

@@ -332,7 +332,8 @@ def fit_payload(
         data_part = {k: v for k, v in data_items.items() if k in kept or k not in DATA_KEYS_NOT_IN_CACHE_KEY}
     else:
         data_part = {k: v for k, v in data_items.items() if k not in DATA_KEYS_NOT_IN_CACHE_KEY}
-    callbacks = OmegaConf.to_container(cfg.get("callbacks") or {}, resolve=True)
+    node = cfg.get("callbacks")  # an empty node (callbacks=none) is falsy: not `or {}`, which gives a dict
+    callbacks = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else {}
     return {
         "kind": kind,
         "net": {
