@@ -210,9 +210,24 @@ def test_terms_run_on_tiny_bert_models_and_train_the_student_only() -> None:
 
 def test_mismatched_lengths_are_refused_at_build() -> None:
     term = TinyBertHiddenLoss(layer_map=[[1, 1]])
-    view = view_of({"bert.encoder.layer.0": torch.zeros(1, 3, 2)}, {"bert.encoder.layer.0": torch.zeros(1, 4, 2)}, None)
+    view = view_of({"bert.encoder.layer.0": torch.zeros(1, 4, 2)}, {"bert.encoder.layer.0": torch.zeros(1, 3, 2)}, None)
     with pytest.raises(DistillError, match="same batch and length"):
         term.build(view)
+
+
+def test_longer_teacher_features_are_cut_to_the_batch() -> None:
+    """Teacher outputs cached over rows padded to the split's longest: the positions past the batch's width
+    are padding, left out (the loss equals the one on the first positions)."""
+    torch.manual_seed(0)
+    s, t = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
+    longer = torch.cat([t, 100 * torch.randn(2, 2, 4)], dim=1)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    path = "bert.encoder.layer.0"
+    term = TinyBertHiddenLoss(layer_map=[[1, 1]])
+    term.build(view_of({path: s}, {path: t}, mask))
+    exact = term(view_of({path: s}, {path: t}, mask))
+    assert torch.equal(term(view_of({path: s}, {path: longer}, mask)), exact)
+    assert exact.item() == pytest.approx(((s - t).pow(2).mean(-1) * mask).sum().item() / 5)
 
 
 @pytest.mark.parametrize(
