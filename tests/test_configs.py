@@ -12,6 +12,7 @@ from omegaconf import OmegaConf, open_dict
 from tests.conftest import compose_config
 
 from distill.cli import CONFIG_DIR
+from distill.errors import DistillError
 from distill.losses import LossTerm
 
 GROUPS = [
@@ -40,10 +41,12 @@ def test_every_option_composes(group: str, option: str, tmp_path: Path) -> None:
     overrides = [f"{group}={option}", f"paths.output_dir={tmp_path}"]
     if group == "data" and option == "file":
         overrides.append("data.path=some.npz")
+    if group == "data" and option == "text_files":
+        overrides.append("data.train=some.csv")
     if group == "hparams_search":
         overrides = [o for o in overrides if not o.startswith("paths.")]  # a multirun: no fixed output dir
     cfg = compose_config(overrides)
-    assert cfg.data._target_.startswith("distill.data.")
+    assert cfg.data._target_.startswith(("distill.data.", "distill.textcls."))
     assert cfg.distill and cfg.student.net._target_
     assert cfg.get("teacher") or cfg.born_again.generations > 0 or "byot" in cfg.distill  # teacherless runs
     OmegaConf.to_container(cfg.data, resolve=True)  # every interpolation of the data group resolves
@@ -62,6 +65,20 @@ def test_every_network_instantiates_and_predicts(option: str, tmp_path: Path) ->
     group = "teacher" if option in options("teacher") else "student"
     cfg = compose_config([f"{group}={option}", f"paths.output_dir={tmp_path}"])
     node = cfg.teacher[option].net if group == "teacher" else cfg.student.net
+    if node._target_ == "distill.textcls.models.pretrained_classifier":  # a local folder the user gives
+        from distill.assembly import build
+
+        with pytest.raises(DistillError, match="pretrained folder not found"):
+            build(node, "teacher", path=str(tmp_path / "missing"), num_labels=3)
+        return
+    if node._target_.startswith("distill.textcls."):  # text: [batch, 3, length] integers (ids, mask, types)
+        net = hydra.utils.instantiate(node, vocab_size=100, num_labels=3)
+        x = torch.stack(
+            [torch.randint(0, 100, (2, 12)), torch.ones(2, 12, dtype=torch.long), torch.zeros(2, 12, dtype=torch.long)],
+            1,
+        )
+        assert net(x).shape == (2, 3)
+        return
     images = not node._target_.startswith(("distill.nets.MLP", "distill.nets.ConvNet1d"))
     shapes = ((3, 32, 32), (1, 28, 28)) if images else ((40,), (64,))
     for shape in shapes:
@@ -76,6 +93,13 @@ def test_every_network_instantiates_and_predicts(option: str, tmp_path: Path) ->
 @pytest.mark.parametrize("option", options("distill"))
 def test_every_loss_term_instantiates(option: str, tmp_path: Path) -> None:
     cfg = compose_config([f"distill=[{option}]", f"paths.output_dir={tmp_path}"])
+    if cfg.distill[option]._target_.startswith("distill.losses.transformer."):  # settings read from the models
+        from distill.tasks.text_classification import TextClassificationTask
+        from distill.textcls.models import bert_classifier
+
+        student = bert_classifier(vocab_size=50, num_labels=3, hidden_size=8, heads=2, num_layers=1)
+        teacher = bert_classifier(vocab_size=50, num_labels=3, hidden_size=16, heads=2, num_layers=2)
+        TextClassificationTask.fill_term_settings(cfg, student, {"t": teacher})
     term = hydra.utils.instantiate(cfg.distill[option])
     assert isinstance(term, LossTerm) and term.weight >= 0
 

@@ -37,7 +37,7 @@ from distill.compress.base import StageContext
 from distill.errors import DistillError
 from distill.fingerprint import folder_fingerprint
 from distill.measure import classification_metrics, predict
-from distill.tasks.base import RunContext
+from distill.tasks.base import ModelSpec, RunContext
 from distill.tasks.classification import ClassificationTask
 from distill.textcls.models import SequenceClassifier, init_from_teacher
 from distill.validate import check_train_config, integer
@@ -66,7 +66,15 @@ class TextClassificationTask(ClassificationTask):
     """BERT-family sequence classifiers: a teacher trained here (cached) or loaded, the student distilled."""
 
     def check_config(self, cfg: DictConfig) -> None:
-        check_train_config(cfg)
+        # A teacher with `fit: null` is a fine-tuned classifier used as it is (checked where it is loaded).
+        used = [n for n, t in (cfg.get("teacher") or {}).items() if isinstance(t, DictConfig) and t.get("fit") is None]
+        checked = cfg
+        if used:
+            checked = cfg.copy()
+            with open_dict(checked):
+                for name in used:
+                    del checked.teacher[name]
+        check_train_config(checked)
         init = (cfg.get("student") or {}).get("init_from_teacher")
         if init is not None:
             if not isinstance(init, DictConfig):
@@ -95,6 +103,13 @@ class TextClassificationTask(ClassificationTask):
         dm.setup("fit")
         log.info("Data: %s", dm.describe())
         return dm
+
+    def teachers(self, cfg: DictConfig) -> dict[str, ModelSpec]:
+        specs = super().teachers(cfg)
+        for spec in specs.values():
+            if not spec.trains and not spec.ckpt_path:
+                spec.source = f"pretrained {spec.model.get('path')}, used as it is"
+        return specs
 
     def build_model(self, node: DictConfig, what: str, seed: int, dm: Any, trains: bool) -> nn.Module:
         torch.manual_seed(seed)

@@ -233,7 +233,14 @@ def init_from_teacher(
         raise DistillError(
             f"init_from_teacher: the student is a {type(s_model).__name__} but the teacher a {type(t_model).__name__}"
         )
-    for key in ("hidden_size", "num_attention_heads", "intermediate_size", "vocab_size", "num_labels"):
+    for key in (
+        "hidden_size",
+        "num_attention_heads",
+        "intermediate_size",
+        "vocab_size",
+        "max_position_embeddings",
+        "num_labels",
+    ):
         s, t = getattr(s_model.config, key, None), getattr(t_model.config, key, None)
         if s != t:
             raise DistillError(f"init_from_teacher: student and teacher differ in {key} ({s} and {t}); only depth may")
