@@ -245,3 +245,17 @@ def test_glue_recipe_runs_on_local_files_in_the_hub_layout(tmp_path: Path, monke
     assert (
         report["class_names"] == ["0", "1"] and rows["student"]["parameters"] < rows["teacher:bert_base"]["parameters"]
     )
+
+
+@pytest.mark.slow
+def test_the_student_is_the_same_whether_the_teacher_came_from_the_cache(tmp_path: Path) -> None:
+    """Dropout draws from torch's global generator: a teacher and baseline trained in the run draw from it, cached
+    ones do not; each stage is seeded, so both runs distil the very same student."""
+    first = run_job(text_job(tmp_path, "student.fit.epochs=1"))
+    second = run_job(text_job(tmp_path, "student.fit.epochs=1", f"paths.output_dir={tmp_path}/run2"))
+    sources = {r["model"]: r["source"] for r in second["models"]}
+    assert sources["teacher:bert_small"].startswith("cache") and sources["baseline"].startswith("cache")
+    a = torch.load(tmp_path / "run" / "student.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "run2" / "student.ckpt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["accuracy"] for r in first["models"]] == [r["accuracy"] for r in second["models"]]
