@@ -438,6 +438,7 @@ SHORT_HEADERS = {
     "macro_f1": "F1",
     "rare_perplexity": "ppl rare",
     "worst_class": "worst",
+    "meets_budget": "budget",
     "worst_class_accuracy": "worst acc",
     "tokens_per_second": "tok/s",
 }

@@ -33,6 +33,7 @@ COLUMNS = {  # key: (header, format)
     "bytes": ("bytes on disk", "{:,}"),
     "flops": ("FLOPs/sample", "{:,}"),
     "tokens_per_second": ("tokens/s", "{:,.0f}"),
+    "meets_budget": ("within budget", "{}"),
 }
 
 
@@ -56,6 +57,8 @@ def _header(key: str) -> str:
 def _cell(key: str, value: Any) -> str:
     if value is None:
         return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if key.startswith("latency_ms_batch_"):
         return f"{value:.3f}"
     return COLUMNS[key][1].format(value)
@@ -165,6 +168,11 @@ def publish_report(
     summary = "".join(f"- {k.replace('_', ' ')}: {v:.4f}\n" for k, v in report["summary"].items())
     if failure:
         summary += f"- compression stopped: stage '{failure['stage']}' failed: {failure['error']}\n"
+    from distill.budget import budget_lines
+
+    for line in budget_lines(report.get("budget") or {}):
+        summary += line + "\n"
+        log.info("%s", line[2:])
     body = f"{markdown_table(rows)}\n\n{summary}"  # report.md's, and TensorBoard's text
     classes = per_class_markdown(rows, lost)
     if classes:
