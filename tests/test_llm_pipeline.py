@@ -71,6 +71,7 @@ def test_a_tiny_pair_is_distilled_and_measured(lm_report) -> None:
     for name, row in rows.items():
         assert 1.0 < row["perplexity"] < 280 * 2, name  # finite, and no worse than about uniform over the vocabulary
         assert row["tokens"] > 0
+        assert row["rare_perplexity"] > row["perplexity"], name  # the rarest tenth of the tokens is the hardest
     assert 0.0 <= rows["student"]["agreement"] <= 1.0
     assert rows["student"]["parameters"] < rows["teacher:tiny_llama"]["parameters"] / 3
     # ONNX: the same perplexity as PyTorch; int8: smaller on disk

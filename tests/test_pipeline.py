@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow  # every test runs the main job
 
 REPORT_FIELDS = {
     "model", "accuracy", "agreement", "calibration_error", "parameters", "bytes",
-    "latency_ms_batch_1", "latency_ms_batch_64", "flops",
+    "latency_ms_batch_1", "latency_ms_batch_64", "flops", "per_class_accuracy", "worst_class", "worst_class_accuracy",
 }  # fmt: skip
 
 

@@ -436,12 +436,17 @@ SHORT_HEADERS = {
     "exact_match_sampled": "EM smp",
     "rouge_l_sampled": "R-L smp",
     "macro_f1": "F1",
+    "rare_perplexity": "ppl rare",
+    "worst_class": "worst",
+    "meets_budget": "budget",
+    "worst_class_accuracy": "worst acc",
     "tokens_per_second": "tok/s",
 }
 # The columns left out first when even short headers do not fit: the least telling first.
 DROP_ORDER = (
-    "trainable_parameters", "nonzero_parameters", "rouge_l_sampled", "exact_match_sampled", "calibration_error",
-    "latency_ms_batch_*", "tokens_per_second", "flops", "agreement", "macro_f1", "rouge_l", "bytes", "val_perplexity", "latency_ms_batch_1", "parameters",
+    "trainable_parameters", "nonzero_parameters", "worst_class", "rouge_l_sampled", "exact_match_sampled",
+    "calibration_error", "latency_ms_batch_*", "tokens_per_second", "flops", "worst_class_accuracy", "agreement",
+    "macro_f1", "rouge_l", "bytes", "rare_perplexity", "val_perplexity", "latency_ms_batch_1", "parameters",
 )  # fmt: skip
 _LEGEND = {
     "agreement": "agree: agreement with the teacher",
@@ -449,6 +454,8 @@ _LEGEND = {
     "latency": "ms@N: latency in ms at batch size N",
     "flops": "FLOPs: per sample",
     "macro_f1": "F1: macro-F1",
+    "rare_perplexity": "ppl rare: test perplexity on the rarest 10% of tokens (by training count)",
+    "worst_class": "worst: the class it classifies worst (worst acc: its accuracy)",
     "tokens_per_second": "tok/s: tokens per second at the largest batch",
     "exact_match": "EM: exact match of generated answers",
     "rouge_l": "R-L: ROUGE-L of generated answers",

@@ -31,6 +31,24 @@ def predict(model: nn.Module, batches: Iterable[dict[str, Tensor]]) -> tuple[Ten
     return torch.cat(logits), torch.cat(targets)
 
 
+def per_class_accuracy(logits: Tensor, targets: Tensor, class_names: list[str] | None = None) -> dict[str, Any]:
+    """Accuracy on each class's test samples (classes without a test sample left out), and the worst class:
+    `{"per_class_accuracy": {name: accuracy}, "worst_class": name, "worst_class_accuracy": accuracy}`.
+
+    Rare behaviour is what distillation is known to lose first; a mean accuracy hides it."""
+    names = list(class_names) if class_names else [str(i) for i in range(logits.shape[-1])]
+    predicted = logits.argmax(-1)
+    accuracy = {}
+    for c, name in enumerate(names):
+        members = targets == c
+        if members.any():
+            accuracy[name] = float((predicted[members] == c).float().mean())
+    if not accuracy:
+        return {}
+    worst = min(accuracy, key=lambda n: (accuracy[n], names.index(n)))
+    return {"per_class_accuracy": accuracy, "worst_class": worst, "worst_class_accuracy": accuracy[worst]}
+
+
 def classification_metrics(logits: Tensor, targets: Tensor, reference: Tensor | None = None) -> dict[str, float]:
     """Top-1 accuracy, expected calibration error (15 bins) and top-1 agreement with `reference` logits."""
     num_classes = logits.shape[-1]

@@ -18,18 +18,22 @@ COLUMNS = {  # key: (header, format)
     "macro_f1": ("macro-F1", "{:.4f}"),
     "perplexity": ("test ppl", "{:.3f}"),
     "val_perplexity": ("val ppl", "{:.3f}"),
+    "rare_perplexity": ("test ppl, rarest 10% of tokens", "{:.3f}"),
     "agreement": ("agree w/ teacher", "{:.4f}"),
     "exact_match": ("exact match", "{:.3f}"),
     "rouge_l": ("ROUGE-L", "{:.3f}"),
     "exact_match_sampled": ("exact match (sampled)", "{:.3f}"),
     "rouge_l_sampled": ("ROUGE-L (sampled)", "{:.3f}"),
     "calibration_error": ("ECE", "{:.4f}"),
+    "worst_class": ("worst class", "{}"),
+    "worst_class_accuracy": ("worst class acc", "{:.4f}"),
     "parameters": ("params", "{:,}"),
     "trainable_parameters": ("trainable", "{:,}"),
     "nonzero_parameters": ("non-zero params", "{:,}"),
     "bytes": ("bytes on disk", "{:,}"),
     "flops": ("FLOPs/sample", "{:,}"),
     "tokens_per_second": ("tokens/s", "{:,.0f}"),
+    "meets_budget": ("within budget", "{}"),
 }
 
 
@@ -53,6 +57,8 @@ def _header(key: str) -> str:
 def _cell(key: str, value: Any) -> str:
     if value is None:
         return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if key.startswith("latency_ms_batch_"):
         return f"{value:.3f}"
     return COLUMNS[key][1].format(value)
@@ -63,6 +69,48 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(_header(k) for k in keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(_cell(k, r.get(k)) for k in keys) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def per_class_rows(rows: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
+    """The classes, and the rows that report an accuracy per class (`per_class_accuracy`)."""
+    models = [r for r in rows if isinstance(r.get("per_class_accuracy"), dict)]
+    classes = list(dict.fromkeys(c for r in models for c in r["per_class_accuracy"]))
+    return classes, models
+
+
+def lost_classes(rows: list[dict[str, Any]], top: int = 3) -> list[dict[str, Any]]:
+    """The classes on which the distilled student falls furthest below the (best) teacher, most first: up to
+    `top` of them, each `{"class", "teacher", "student", "drop"}`; none when the student loses none."""
+    by_name = {r["model"]: r for r in rows}
+    teachers = [r for r in rows if r.get("role") == "teacher" and isinstance(r.get("per_class_accuracy"), dict)]
+    student = by_name.get("student", {}).get("per_class_accuracy")
+    if not teachers or not isinstance(student, dict):
+        return []
+    teacher = max(teachers, key=lambda r: r.get("accuracy", 0.0))["per_class_accuracy"]
+    drops = [
+        {"class": c, "teacher": teacher[c], "student": student[c], "drop": teacher[c] - student[c]}
+        for c in teacher
+        if c in student and teacher[c] > student[c]
+    ]
+    return sorted(drops, key=lambda d: -d["drop"])[:top]
+
+
+def per_class_markdown(rows: list[dict[str, Any]], lost: list[dict[str, Any]]) -> str:
+    """report.md's section on rare behaviour: each model's accuracy on each class, and the classes lost most."""
+    classes, models = per_class_rows(rows)
+    if not models:
+        return ""
+    lines = ["## Accuracy per class", "", "| class | " + " | ".join(r["model"] for r in models) + " |"]
+    lines.append("|---|" + "---|" * len(models))
+    for c in classes:
+        cells = [r["per_class_accuracy"].get(c) for r in models]
+        lines.append(f"| {c} | " + " | ".join("—" if v is None else f"{v:.4f}" for v in cells) + " |")
+    if lost:
+        lines += ["", "Classes the student lost most against the teacher:", ""]
+        lines += [f"- {d['class']}: {d['teacher']:.4f} → {d['student']:.4f} (−{d['drop']:.4f})" for d in lost]
+    elif any(r.get("role") == "teacher" for r in models) and any(r["model"] == "student" for r in models):
+        lines += ["", "The student is at least as accurate as the teacher on every class."]
+    return "\n".join(lines) + "\n"
 
 
 def print_table(rows: list[dict[str, Any]], title: str, console: Any = None) -> None:
@@ -110,6 +158,9 @@ def publish_report(
     out.mkdir(parents=True, exist_ok=True)
     summary = summary or {}
     report = {"title": title, "models": rows, "summary": summary, **(extra or {})}
+    lost = lost_classes(rows)
+    if lost:
+        report["lost_classes"] = lost
     if failure:
         report["failed"] = failure
     plot(rows, out / "report.png")
@@ -117,7 +168,15 @@ def publish_report(
     summary = "".join(f"- {k.replace('_', ' ')}: {v:.4f}\n" for k, v in report["summary"].items())
     if failure:
         summary += f"- compression stopped: stage '{failure['stage']}' failed: {failure['error']}\n"
+    from distill.budget import budget_lines
+
+    for line in budget_lines(report.get("budget") or {}):
+        summary += line + "\n"
+        log.info("%s", line[2:])
     body = f"{markdown_table(rows)}\n\n{summary}"  # report.md's, and TensorBoard's text
+    classes = per_class_markdown(rows, lost)
+    if classes:
+        body += f"\n{classes}"
     _write_atomic(
         out / "report.md",
         f"# {title}\n\n{body}\n![accuracy vs size](report.png)\n"
@@ -184,6 +243,12 @@ def _log_to_loggers(report: dict[str, Any], text: str, out: Path, loggers: list[
         if kind == "WandbLogger":
             keys = _columns(rows)
             logger.log_table(key="report_table", columns=keys, data=[[r.get(k) for k in keys] for r in rows])
+            classes, models = per_class_rows(rows)
+            if models:
+                logger.log_table(
+                    key="per_class_accuracy", columns=["class", *(r["model"] for r in models)],
+                    data=[[c, *(r["per_class_accuracy"].get(c) for r in models)] for c in classes],
+                )  # fmt: skip
             for key, path in images.items():
                 logger.log_image(key=key, images=[str(path)])
         elif kind == "TensorBoardLogger":

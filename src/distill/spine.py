@@ -20,7 +20,7 @@ import lightning as L
 from omegaconf import DictConfig
 from torch import nn
 
-from distill import distributed
+from distill import budget, distributed
 from distill.assembly import (
     build,
     build_group,
@@ -238,6 +238,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     trained = {f"teacher:{n}": trainable_parameters(t) if specs[n].trains else 0 for n, t in teachers.items()}
     trained["student"] = trainable_parameters(student)
     task.check_models(cfg, dm, student, teachers)
+    limits = budget.limits_of(cfg.get("budget"))
+    if limits:  # a budget the teacher already meets, or that no model of the run can meet: before training
+        example, repeats = task.example_input(dm), cfg.report.latency_repeats
+        figures = {n: budget.size_figures(t, task.runner(t), example, limits, repeats) for n, t in teachers.items()}
+        budget.check_teacher_outside(limits, figures)
+        mine = budget.size_figures(student, task.runner(student), example, limits, repeats)
+        budget.check_reachable(limits, mine, list(cfg.get("compress") or {}))
     if generations:
         dry_teachers: dict[str, nn.Module] = {"baseline": copy.deepcopy(student)}
     else:  # copies of the teachers that will train (the dry run freezes what it is given)
@@ -293,6 +300,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             row["stage"] = infos[row["model"]]
     context = RunContext(cfg, dm, models, rows, module, trainer, seconds, out, job.loggers, job.histories)
     extra = {"distill_seconds": seconds, "student_epoch_kept": kept_epoch(trainer), **task.report_extra(context)}
+    if limits:
+        extra["budget"] = budget.judge(rows, limits)
     title = f"{cfg.task_name}: {', '.join(teacher_names) or 'no teacher'} → student"
     report = publish_report(rows, out, job.loggers, title=title, failure=failure, extra=extra,
                             summary=task.summary(rows), histories=job.histories,

@@ -12,6 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from distill.budget import limits_of
 from distill.errors import DistillError
 
 
@@ -235,6 +236,7 @@ def check_train_config(cfg: DictConfig) -> None:
         integer(_get(born, "generations"), "born_again.generations", minimum=0)
         boolean(_get(born, "ensemble"), "born_again.ensemble")
     check_report(cfg.get("report"))
+    limits_of(cfg.get("budget"))
 
 
 def check_lm_config(cfg: DictConfig) -> None:
@@ -288,6 +290,7 @@ def check_lm_config(cfg: DictConfig) -> None:
         number(_get(samples, "temperature"), "samples.temperature", low=0, low_open=True)
         integer(_get(samples, "top_k"), "samples.top_k", minimum=0)
     check_report(cfg.get("report"))
+    limits_of(cfg.get("budget"))
 
 
 def plain(node: Any) -> Any:

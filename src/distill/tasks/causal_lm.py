@@ -27,6 +27,7 @@ from distill.compress.deploy import onnx_run, onnx_session
 from distill.errors import DistillError
 from distill.fingerprint import folder_fingerprint
 from distill.llm.generation import Generated, GenerationEval, evaluate_by_generation, side_by_side_markdown
+from distill.llm.losses import IGNORE_INDEX
 from distill.llm.models import (
     LogitsOnly,
     check_positions,
@@ -75,14 +76,38 @@ def teacher_choices(teachers: dict[str, nn.Module], loader: Any) -> list[Tensor]
     return choices
 
 
+RARE_SHARE = 0.1  # the rarest tenth of the test tokens: `rare_perplexity`
+
+
+def train_counts(dm: Any) -> Tensor:
+    """How often each token is a training target (the labelled tokens of the training split)."""
+    labels = dm.tensors["train"]["labels"]
+    return torch.bincount(labels[labels != IGNORE_INDEX].flatten(), minlength=dm.vocab_size)
+
+
+def rare_positions(targets: Tensor, counts: Tensor, share: float = RARE_SHARE) -> Tensor:
+    """A mask of the `share` of `targets` (test target tokens, in order) whose tokens are rarest in training:
+    sorted by training count (ties in order), the first share x n (rounded; at least one)."""
+    n = len(targets)
+    keep = max(1, int(share * n + 0.5)) if n else 0
+    order = torch.sort(counts[targets], stable=True).indices[:keep]
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[order] = True
+    return mask
+
+
 @torch.no_grad()
-def evaluate(model: Any, loader: Any, choices: list[Tensor] | None = None) -> dict[str, float]:
+def evaluate(
+    model: Any, loader: Any, choices: list[Tensor] | None = None, counts: Tensor | None = None
+) -> dict[str, float]:
     """Perplexity (exp of the mean next-token NLL over labelled tokens) and, given the teachers' `choices`
-    for the same loader, agreement with them.
+    for the same loader, agreement with them; given the training `counts` of each token, the perplexity on
+    the rarest tenth of the test tokens (`rare_perplexity`: rare behaviour is what distillation loses first).
 
     `model` is a causal LM or an ONNX Runtime session of `LogitsOnly` (input_ids -> logits).
     """
     totals = {"nll": 0.0, "tokens": 0.0, "agree": 0.0}
+    nlls, targets = [], []
     for i, batch in enumerate(loader):
         if isinstance(model, nn.Module):
             model.eval()
@@ -91,10 +116,22 @@ def evaluate(model: Any, loader: Any, choices: list[Tensor] | None = None) -> di
             logits = torch.from_numpy(onnx_run(model, batch["input_ids"]))
         for k, v in token_stats(logits, batch["labels"], choices[i] if choices else None).items():
             totals[k] += v
+        if counts is not None:
+            labels = batch["labels"][:, 1:]
+            valid = labels != IGNORE_INDEX
+            nll = torch.nn.functional.cross_entropy(
+                logits[:, :-1].float().transpose(1, 2), labels.clamp_min(0), reduction="none"
+            )
+            nlls.append(nll[valid].cpu())
+            targets.append(labels[valid].cpu())
     tokens = max(totals["tokens"], 1.0)
     metrics = {"perplexity": float(torch.tensor(totals["nll"] / tokens).exp()), "tokens": int(totals["tokens"])}
     if choices:
         metrics["agreement"] = totals["agree"] / tokens
+    if counts is not None and targets and len(torch.cat(targets)):
+        nll, target = torch.cat(nlls), torch.cat(targets)
+        rare = rare_positions(target, counts.cpu())
+        metrics["rare_perplexity"] = float(nll[rare].mean().exp())
     return metrics
 
 
@@ -241,17 +278,18 @@ class CausalLMTask(Task):
         return LogitsOnly(student).eval()  # input_ids -> logits: what ONNX export and int8 take
 
     def evaluate(self, models: dict[str, nn.Module | Path], dm: Any, teacher_names: list[str]) -> dict[str, dict]:
-        """Test perplexity and next-token agreement with the teacher (its choices computed once), validation
-        perplexity and, for data with reference answers, evaluation by generation of every PyTorch model
+        """Test perplexity, the perplexity on the rarest tenth of the test tokens (by training count) and next-token
+        agreement with the teacher (its choices computed once), validation perplexity and, for data with reference answers, evaluation by generation of every PyTorch model
         (`exact_match`, `rouge_l`, greedy, and `exact_match_sampled`, `rouge_l_sampled`; not ONNX sessions)."""
         teachers = {n: m for n, m in models.items() if n in teacher_names and isinstance(m, nn.Module)}
         choices = teacher_choices(teachers, dm.test_dataloader())
+        counts = train_counts(dm)
         metrics, generators = {}, {}
         for name, model in models.items():
             runner = onnx_session(model) if isinstance(model, Path) else model
             if isinstance(runner, LogitsOnly):
                 runner = runner.model
-            metrics[name] = evaluate(runner, dm.test_dataloader(), None if name in teacher_names else choices)
+            metrics[name] = evaluate(runner, dm.test_dataloader(), None if name in teacher_names else choices, counts)
             metrics[name]["val_perplexity"] = evaluate(runner, dm.val_dataloader())["perplexity"]
             if isinstance(runner, nn.Module) and callable(getattr(runner, "generate", None)):
                 generators[name] = runner

@@ -22,7 +22,7 @@ from distill.checkpoints import save_model
 from distill.compress.base import StageContext
 from distill.data.base import has_standardization
 from distill.errors import DistillError
-from distill.measure import classification_metrics, predict
+from distill.measure import classification_metrics, per_class_accuracy, predict
 from distill.modules import DistillationModule, SupervisedModule
 from distill.tasks.base import DataModule, ModelSpec, RunContext, StudentSpec, Task, check_contract
 from distill.validate import check_train_config
@@ -123,7 +123,8 @@ class ClassificationTask(Task):
         return StageContext(dm.model_inputs("val", 64), calibration, out_dir, dm.num_classes, redistill)
 
     def evaluate(self, models: dict[str, nn.Module | Path], dm: Any, teacher_names: list[str]) -> dict[str, dict]:
-        """Test accuracy, calibration error (ECE) and top-1 agreement with the teachers' mean logits."""
+        """Test accuracy, calibration error (ECE), top-1 agreement with the teachers' mean logits, and the
+        accuracy of each class (`per_class_accuracy`, with the worst class)."""
         from distill.compress import deploy
 
         def run(model: nn.Module | Path) -> tuple[Tensor, Tensor]:
@@ -135,7 +136,11 @@ class ClassificationTask(Task):
         targets = next(iter(logits.values()))[1]
         names = [n for n in teacher_names if n in logits]
         reference = torch.stack([logits[n][0] for n in names]).mean(0) if names else None
-        return {name: classification_metrics(z, targets, reference) for name, (z, _) in logits.items()}
+        names = getattr(dm, "class_names", None)
+        return {
+            name: {**classification_metrics(z, targets, reference), **per_class_accuracy(z, targets, names)}
+            for name, (z, _) in logits.items()
+        }
 
     def example_input(self, dm: Any) -> Tensor:
         return dm.model_inputs("test", 1)

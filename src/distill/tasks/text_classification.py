@@ -36,7 +36,7 @@ from distill.checkpoints import save_model
 from distill.compress.base import StageContext
 from distill.errors import DistillError
 from distill.fingerprint import folder_fingerprint
-from distill.measure import classification_metrics, predict
+from distill.measure import classification_metrics, per_class_accuracy, predict
 from distill.tasks.base import ModelSpec, RunContext
 from distill.tasks.classification import ClassificationTask
 from distill.textcls.models import SequenceClassifier, init_from_teacher
@@ -203,7 +203,8 @@ class TextClassificationTask(ClassificationTask):
         return StageContext(example, calibration, out_dir, dm.num_classes, redistill)
 
     def evaluate(self, models: dict[str, nn.Module | Path], dm: Any, teacher_names: list[str]) -> dict[str, dict]:
-        """Test accuracy, macro-F1, calibration error and top-1 agreement with the teachers' mean logits."""
+        """Test accuracy, macro-F1, calibration error, top-1 agreement with the teachers' mean logits and the
+        accuracy of each class (with the worst)."""
         from distill.compress import deploy
 
         def run(model: nn.Module | Path) -> tuple[Tensor, Tensor]:
@@ -221,6 +222,7 @@ class TextClassificationTask(ClassificationTask):
         for name, (z, _) in logits.items():
             metrics[name] = classification_metrics(z, targets, reference)
             metrics[name]["macro_f1"] = macro_f1(z, targets)
+            metrics[name].update(per_class_accuracy(z, targets, dm.class_names))
         return metrics
 
     def example_input(self, dm: Any) -> Tensor:
