@@ -107,3 +107,14 @@ def test_bad_budgets_exit_2(extra: list[str], expect: str, tmp_path: Path, capfd
     (tmp_path / "logs" / "cache").mkdir(parents=True)
     code, out, err = run_main(train_main, [*tiny_job(tmp_path), *extra], capfd)
     assert_refused(code, out, err, expect, tmp_path / "logs" / "cache")
+
+
+@pytest.mark.slow
+def test_a_flops_limit_on_a_task_that_counts_none_is_refused(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+    from tests.test_llm_pipeline import tiny_lm_job
+
+    from distill.llm.train import main as lm_main
+
+    (tmp_path / "logs" / "cache").mkdir(parents=True)
+    code, out, err = run_main(lm_main, [*tiny_lm_job(tmp_path), "budget.max_flops=1000"], capfd)
+    assert_refused(code, out, err, "budget.max_flops: this task's report counts no FLOPs", tmp_path / "logs" / "cache")

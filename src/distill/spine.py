@@ -240,6 +240,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     task.check_models(cfg, dm, student, teachers)
     limits = budget.limits_of(cfg.get("budget"))
     if limits:  # a budget the teacher already meets, or that no model of the run can meet: before training
+        if "max_flops" in limits and not task.count_flops:
+            raise DistillError(
+                "budget.max_flops: this task's report counts no FLOPs; limit parameters, bytes or latency"
+            )
         example, repeats = task.example_input(dm), cfg.report.latency_repeats
         figures = {n: budget.size_figures(t, task.runner(t), example, limits, repeats) for n, t in teachers.items()}
         budget.check_teacher_outside(limits, figures)
