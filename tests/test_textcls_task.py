@@ -135,7 +135,7 @@ def test_teacher_initialised_student_starts_from_the_teachers_layers(tmp_path: P
 
 
 @pytest.mark.slow
-def test_sentence_pairs_reach_the_model_as_token_types(tmp_path: Path) -> None:
+def test_a_whole_job_on_sentence_pairs(tmp_path: Path) -> None:
     train = write_rows(tmp_path / "pairs.csv", 90, seed=1, pairs=True)
     report = run_job(text_job(tmp_path, f"data.train={train}", "data.text_pair_field=other", "student.fit.epochs=1"))
     assert {r["model"] for r in report["models"]} == {"teacher:bert_small", "baseline", "student"}

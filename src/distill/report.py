@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.atomic import write_text
+from distill.budget import budget_lines
 
 log = logging.getLogger(__name__)
 
@@ -168,8 +169,6 @@ def publish_report(
     summary = "".join(f"- {k.replace('_', ' ')}: {v:.4f}\n" for k, v in report["summary"].items())
     if failure:
         summary += f"- compression stopped: stage '{failure['stage']}' failed: {failure['error']}\n"
-    from distill.budget import budget_lines
-
     for line in budget_lines(report.get("budget") or {}):
         summary += line + "\n"
         log.info("%s", line[2:])

@@ -298,14 +298,22 @@ def teacher_choice(teacher_outputs: Mapping[str, Any]) -> Tensor:
     return torch.stack([o.logits[:, :-1].float() for o in teacher_outputs.values()]).mean(0).argmax(-1)
 
 
-def token_stats(logits: Tensor, labels: Tensor, teacher_choice: Tensor | None = None) -> dict[str, float]:
-    """Summed next-token NLL, valid-token count and top-1 agreement with `teacher_choice` over a batch."""
+def position_nll(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """The next-token NLL at every position of a batch (`[batch, length - 1]`) and which positions are labelled."""
     logits, labels = logits[:, :-1].float(), labels[:, 1:]
-    valid = labels != IGNORE_INDEX
     nll = torch.nn.functional.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), labels.reshape(-1).clamp_min(0), reduction="none"
     ).reshape(labels.shape)
+    return nll, labels != IGNORE_INDEX
+
+
+def token_stats(
+    logits: Tensor, labels: Tensor, teacher_choice: Tensor | None = None, nll: tuple[Tensor, Tensor] | None = None
+) -> dict[str, float]:
+    """Summed next-token NLL, valid-token count and top-1 agreement with `teacher_choice` over a batch
+    (`nll`: `position_nll(logits, labels)`, when the caller computed it already)."""
+    nll, valid = nll if nll is not None else position_nll(logits, labels)
     stats = {"nll": float((nll * valid).sum()), "tokens": float(valid.sum()), "agree": 0.0}
     if teacher_choice is not None:
-        stats["agree"] = float(((logits.argmax(-1) == teacher_choice) & valid).sum())
+        stats["agree"] = float(((logits[:, :-1].argmax(-1) == teacher_choice) & valid).sum())
     return stats

@@ -25,7 +25,6 @@ from distill.checkpoints import save_model
 from distill.compress.base import StageContext
 from distill.compress.deploy import onnx_run, onnx_session
 from distill.errors import DistillError
-from distill.fingerprint import folder_fingerprint
 from distill.llm.generation import Generated, GenerationEval, evaluate_by_generation, side_by_side_markdown
 from distill.llm.losses import IGNORE_INDEX
 from distill.llm.models import (
@@ -39,7 +38,8 @@ from distill.llm.models import (
     float32_trainable,
     reduce_precision,
 )
-from distill.llm.module import LMDistillationModule, model_inputs, teacher_choice, token_stats
+from distill.llm.module import LMDistillationModule, model_inputs, position_nll, teacher_choice, token_stats
+from distill.pretrained import model_files
 from distill.tasks.base import ModelSpec, RunContext, StudentSpec, Task
 from distill.validate import check_lm_config
 
@@ -53,14 +53,6 @@ def build_lm(node: DictConfig, what: str, vocab_size: int, seed: int, trained: b
     if not isinstance(model, nn.Module):
         raise DistillError(f"{what}: _target_ {node.get('_target_')} did not give an nn.Module")
     return float32_trainable(model) if trained else model
-
-
-def model_files(node: DictConfig) -> dict[str, str]:
-    """For a model loaded from a local folder, a fingerprint of the folder's files (for cache keys)."""
-    pretrained = node.get("pretrained")
-    if pretrained and Path(str(pretrained)).expanduser().is_dir():
-        return {"model_files": folder_fingerprint(Path(str(pretrained)).expanduser())}
-    return {}
 
 
 @torch.no_grad()
@@ -114,16 +106,12 @@ def evaluate(
             logits = model(**model_inputs(batch), use_cache=False).logits
         else:
             logits = torch.from_numpy(onnx_run(model, batch["input_ids"]))
-        for k, v in token_stats(logits, batch["labels"], choices[i] if choices else None).items():
+        nll, valid = position_nll(logits, batch["labels"])
+        for k, v in token_stats(logits, batch["labels"], choices[i] if choices else None, (nll, valid)).items():
             totals[k] += v
         if counts is not None:
-            labels = batch["labels"][:, 1:]
-            valid = labels != IGNORE_INDEX
-            nll = torch.nn.functional.cross_entropy(
-                logits[:, :-1].float().transpose(1, 2), labels.clamp_min(0), reduction="none"
-            )
             nlls.append(nll[valid].cpu())
-            targets.append(labels[valid].cpu())
+            targets.append(batch["labels"][:, 1:][valid].cpu())
     tokens = max(totals["tokens"], 1.0)
     metrics = {"perplexity": float(torch.tensor(totals["nll"] / tokens).exp()), "tokens": int(totals["tokens"])}
     if choices:
@@ -218,7 +206,7 @@ class CausalLMTask(Task):
         check_positions(models, lengths)
 
     def cache_extra(self, dm: Any, node: DictConfig) -> dict[str, Any]:
-        return {"vocab_size": dm.vocab_size, **model_files(node)}
+        return {"vocab_size": dm.vocab_size, **model_files(node.get("pretrained"))}
 
     def generation_examples(self, dm: Any) -> tuple[Tensor, Tensor, list[str]] | None:
         """The test examples evaluation by generation completes: (prompt ids, left-padded, attention mask,

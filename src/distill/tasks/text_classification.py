@@ -35,25 +35,17 @@ from distill.assembly import build
 from distill.checkpoints import save_model
 from distill.compress.base import StageContext
 from distill.errors import DistillError
-from distill.fingerprint import folder_fingerprint
 from distill.measure import classification_metrics, per_class_accuracy, predict
+from distill.pretrained import model_files
 from distill.tasks.base import ModelSpec, RunContext
 from distill.tasks.classification import ClassificationTask
+from distill.textcls.data import padded
 from distill.textcls.models import SequenceClassifier, init_from_teacher
 from distill.validate import check_train_config, integer
 
 log = logging.getLogger(__name__)
 
 TRANSFORMER_TERMS = "distill.losses.transformer."
-
-
-def padded(x: Tensor, width: int, pad_token_id: int) -> Tensor:
-    """`[batch, 3, length]` inputs padded (mask 0) or cut to `width` tokens."""
-    if x.shape[-1] >= width:
-        return x[..., :width]
-    pad = x.new_zeros(x.shape[0], 3, width - x.shape[-1])
-    pad[:, 0] = pad_token_id
-    return torch.cat([x, pad], dim=-1)
 
 
 def macro_f1(logits: Tensor, targets: Tensor) -> float:
@@ -165,11 +157,7 @@ class TextClassificationTask(ClassificationTask):
                         node[key] = value
 
     def cache_extra(self, dm: Any, node: DictConfig) -> dict[str, Any]:
-        extra: dict[str, Any] = {"vocab_size": dm.vocab_size, "num_labels": dm.num_classes}
-        path = node.get("path")
-        if path and Path(str(path)).expanduser().is_dir():
-            extra["model_files"] = folder_fingerprint(Path(str(path)).expanduser())
-        return extra
+        return {"vocab_size": dm.vocab_size, "num_labels": dm.num_classes, **model_files(node.get("path"))}
 
     def module(self, cfg, model, fit, dm, stage, teachers=None, terms=None):  # noqa: ANN001, ANN201 - see Task
         # Dropout draws from torch's global generator: seeded here, each stage trains the same whether or not

@@ -37,6 +37,15 @@ def pack(tensors: dict[str, Tensor], index: Tensor | slice, width: int) -> Tenso
     return torch.stack([ids, tensors["attention_mask"][index, :width], types], dim=1)
 
 
+def padded(x: Tensor, width: int, pad_token_id: int) -> Tensor:
+    """`[batch, 3, length]` inputs (`pack`) padded (mask 0) or cut to `width` tokens."""
+    if x.shape[-1] >= width:
+        return x[..., :width]
+    pad = x.new_zeros(x.shape[0], 3, width - x.shape[-1])
+    pad[:, 0] = pad_token_id
+    return torch.cat([x, pad], dim=-1)
+
+
 class PaddedBatches(TensorBatches):
     """`{"x", "y", "index", "attention_mask"}` batches of a split's rows, each batch cut to its longest row
     (rows are stored right-padded to the split's longest).
@@ -262,14 +271,7 @@ class TextClassificationData(L.LightningDataModule):
         n = min(n, len(tensors["labels"]))
         longest = int(tensors["lengths"][:n].max())
         x = pack(tensors, slice(0, n), longest)
-        if width is not None and width != longest:
-            if width < longest:
-                x = x[:, :, :width]
-            else:
-                pad = x.new_zeros(n, 3, width - longest)
-                pad[:, 0] = self.pad_token_id
-                x = torch.cat([x, pad], dim=2)
-        return x
+        return x if width is None else padded(x, width, self.pad_token_id)
 
     def _split(self, split: str) -> dict[str, Tensor]:
         if split not in SPLITS:

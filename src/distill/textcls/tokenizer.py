@@ -13,6 +13,7 @@ from typing import Any
 from distill.atomic import remove_stale_temporaries, write_text
 from distill.errors import DistillError
 from distill.fingerprint import digest_text
+from distill.pretrained import local_tokenizer
 
 log = logging.getLogger("distill.textcls")
 
@@ -23,21 +24,10 @@ SPECIAL_TOKENS = [PAD, UNK, CLS, SEP, MASK]  # ids 0..4 in a trained vocabulary
 
 def load_pretrained(name: str) -> Any:
     """A tokenizer saved by `save_pretrained` in a local folder (nothing is downloaded), with a pad token."""
-    from transformers import AutoTokenizer  # noqa: PLC0415  (heavy import)
-
-    path = Path(name).expanduser()
-    if not path.is_dir():
-        raise DistillError(
-            f"tokenizer directory not found: {name} "
-            "(tokenizer is 'wordpiece', 'bpe' or a local directory written by save_pretrained; nothing is downloaded)"
-        )
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    except (OSError, ValueError, TypeError) as err:
-        raise DistillError(f"cannot load a tokenizer from {path}: {str(err).splitlines()[0]}") from None
+    tokenizer = local_tokenizer(name, "tokenizer is 'wordpiece', 'bpe'")
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token_id is None:
-            raise DistillError(f"tokenizer {path} has neither a pad nor an eos token: batches need one to pad rows")
+            raise DistillError(f"tokenizer {name} has neither a pad nor an eos token: batches need one to pad rows")
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 

@@ -17,6 +17,7 @@ from distill.errors import DistillError
 from distill.fingerprint import digest_text, tokenizer_digest
 from distill.llm.data.chat import ChatMixin
 from distill.llm.data.sources import Document, Pair
+from distill.pretrained import local_tokenizer
 
 log = logging.getLogger("distill.llm.data")  # one logger for the whole package
 
@@ -91,19 +92,10 @@ class TokenizerMixin(ChatMixin):
         return tokenizer
 
     def _load_tokenizer(self, train: list) -> Any:
-        from transformers import AutoTokenizer, PreTrainedTokenizerFast  # noqa: PLC0415  (heavy import)
+        from transformers import PreTrainedTokenizerFast  # noqa: PLC0415  (heavy import)
 
         if self.tokenizer_name != "bpe":
-            path = Path(self.tokenizer_name).expanduser()
-            if not path.is_dir():
-                raise DistillError(
-                    f"tokenizer directory not found: {self.tokenizer_name} "
-                    "(data.tokenizer is 'bpe' or a local directory written by save_pretrained; nothing is downloaded)"
-                )
-            try:
-                loaded = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-            except (OSError, ValueError, TypeError) as err:
-                raise DistillError(f"cannot load a tokenizer from {path}: {err}") from None
+            loaded = local_tokenizer(self.tokenizer_name, "data.tokenizer is 'bpe'")
             if self.chat_template is not None:  # the configured template travels with the tokenizer (export)
                 loaded.chat_template = self.chat_template
             return loaded
