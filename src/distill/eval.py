@@ -7,6 +7,7 @@ from omegaconf import DictConfig
 
 from distill.cli import CONFIG_DIR, guarded, run_task
 from distill.console import install_log_filters
+from distill.cut import fit_shapes
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -78,6 +79,8 @@ def evaluate(cfg: DictConfig) -> dict:
             f"names the classes {list(data_names)}: its labels would be numbered differently"
         )
     net = build(OmegaConf.create(checkpoint["net"]), "the checkpoint's network")
+    if checkpoint.get("cut"):  # a student cut from its teacher: the teacher's network, reshaped to the weights
+        fit_shapes(net, checkpoint.get("state_dict", {}))
     if checkpoint.get("input_transform") == "standardize":  # the values come with the weights below
         state = checkpoint.get("state_dict", {})
         if "input_mean" not in state or "input_std" not in state:

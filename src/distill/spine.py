@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from distill import budget, distributed
@@ -35,6 +35,7 @@ from distill.callbacks import kept_epoch
 from distill.checkpoints import load_weights, read_checkpoint
 from distill.compress.base import StageResult
 from distill.console import announce_stage
+from distill.cut import reinitialised
 from distill.errors import DistillError
 from distill.history import StageHistory
 from distill.measure import size_and_speed, trainable_parameters
@@ -124,7 +125,11 @@ class Job:
 
     def baseline(self, spec: Any, model: nn.Module) -> str:
         """Fill `model` (the student's architecture) trained on the data alone, once and cached; returns its source."""
-        return self.cached("baseline", "baseline", spec.model, spec.baseline, model, "baseline")
+        node = spec.model
+        if spec.cut:  # the architecture is the teacher's network cut: its shapes are part of the key
+            shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+            node = OmegaConf.create({**OmegaConf.to_container(spec.model, resolve=True), "cut_shapes": shapes})
+        return self.cached("baseline", "baseline", node, spec.baseline, model, "baseline")
 
     def distill(
         self, student: nn.Module, teachers: dict[str, nn.Module], fit: DictConfig, stage: str
@@ -233,7 +238,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if tspec.ckpt_path:
             read_checkpoint(tspec.ckpt_path)  # missing or unreadable: now, not after hours of training
     teachers = {n: task.build_model(s.model, f"teacher '{n}'", cfg.seed, dm, trains=s.trains) for n, s in specs.items()}
-    student = task.build_model(spec.model, "student", cfg.seed, dm, trains=True)
+    if spec.cut:  # cut from the teacher as it is now, for the checks and the dry run; again once it is trained
+        student, _ = task.cut_student(cfg, spec.cut, teachers[spec.cut_from], dm)
+    else:
+        student = task.build_model(spec.model, "student", cfg.seed, dm, trains=True)
     # What trains in this run, counted before teachers are frozen: a teacher used as it is trains nothing.
     trained = {f"teacher:{n}": trainable_parameters(t) if specs[n].trains else 0 for n, t in teachers.items()}
     trained["student"] = trainable_parameters(student)
@@ -266,8 +274,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # 2. Teachers: a checkpoint, used as they are, or trained once and cached.
     sources = {f"teacher:{name}": job.teacher(name, tspec, teachers[name]) for name, tspec in specs.items()}
 
+    cut_info: dict[str, Any] = {}
+    if spec.cut:  # the student: the trained teacher's network, cut
+        student, cut_info = task.cut_student(cfg, spec.cut, teachers[spec.cut_from], dm)
+        trained["student"] = trainable_parameters(student)
+
     # 3. Baseline: the student's architecture trained on the data alone.
-    baseline = task.build_model(spec.model, "student", cfg.seed, dm, trains=True)
+    if spec.cut:  # the cut architecture, initialised afresh
+        baseline = reinitialised(student, cfg.seed)
+    else:
+        baseline = task.build_model(spec.model, "student", cfg.seed, dm, trains=True)
     trained["baseline"] = trainable_parameters(baseline)
     sources["baseline"] = job.baseline(spec, baseline)
 
@@ -283,6 +299,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         teacher_names = [f"teacher:{n}" for n in teachers]
     seconds = time.perf_counter() - start
     sources["student"] = "distilled in this run"
+    if spec.cut:
+        ratio = cut_info["ratio"]
+        sources["student"] = (
+            f"cut from teacher '{spec.cut_from}' ({100 * ratio:.1f}% of channels removed), distilled in this run"
+        )
+        sources["baseline"] += " (the cut architecture, initialised afresh)"
     if distributed.is_global_zero():
         task.save_student(out / "student.ckpt", student, cfg, dm)
 
@@ -304,6 +326,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             row["stage"] = infos[row["model"]]
     context = RunContext(cfg, dm, models, rows, module, trainer, seconds, out, job.loggers, job.histories)
     extra = {"distill_seconds": seconds, "student_epoch_kept": kept_epoch(trainer), **task.report_extra(context)}
+    if cut_info:
+        extra["cut"] = {"teacher": spec.cut_from, **cut_info}
     if limits:
         extra["budget"] = budget.judge(rows, limits)
     title = f"{cfg.task_name}: {', '.join(teacher_names) or 'no teacher'} → student"

@@ -78,7 +78,7 @@ class MagnitudePrune:
         )
 
 
-def _find_classifier(model: nn.Module, num_classes: int) -> nn.Linear | None:
+def find_classifier(model: nn.Module, num_classes: int) -> nn.Linear | None:
     found = None
     for module in model.modules():
         if isinstance(module, nn.Linear) and module.out_features == num_classes:
@@ -86,7 +86,7 @@ def _find_classifier(model: nn.Module, num_classes: int) -> nn.Linear | None:
     return found
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
@@ -115,7 +115,7 @@ class StructuredPrune:
             raise DistillError(
                 f"StructuredPrune ignore: {type(model).__name__} has no module named {', '.join(missing)}"
             )
-        classifier = _find_classifier(model, ctx.num_classes)
+        classifier = find_classifier(model, ctx.num_classes)
         if classifier is None:
             raise DistillError(
                 f"StructuredPrune found no final classifier in {type(model).__name__}: "
@@ -141,7 +141,7 @@ class StructuredPrune:
                     ignored_layers=ignored,
                 )
             except Exception as exc:  # torch-pruning's tracer raises anything
-                raise DistillError(f"torch-pruning could not trace {type(model).__name__}: {_first_line(exc)}") from exc
+                raise DistillError(f"torch-pruning could not trace {type(model).__name__}: {first_line(exc)}") from exc
             groups = list(
                 pruner.DG.get_all_groups(
                     ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types
@@ -156,7 +156,7 @@ class StructuredPrune:
             try:
                 pruner.step()
             except Exception as exc:
-                raise DistillError(f"torch-pruning failed on {type(model).__name__}: {_first_line(exc)}") from exc
+                raise DistillError(f"torch-pruning failed on {type(model).__name__}: {first_line(exc)}") from exc
             after = count_parameters(model)
             if after >= before:
                 raise DistillError(

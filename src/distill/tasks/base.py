@@ -14,6 +14,7 @@ naming it, before anything trains.
 
 from __future__ import annotations
 
+import copy
 import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -98,6 +99,29 @@ class StudentSpec:
     model: DictConfig
     fit: DictConfig
     baseline: DictConfig
+    cut: DictConfig | None = None  # the student is this teacher's network, cut (`student=pruned`)
+    cut_from: str = ""  # the teacher it is cut from
+
+
+def resolve_cut(cfg: DictConfig, student_key: str, teacher_group: str, net_key: str) -> str:
+    """With `<student_key>.cut` set, the student's network (`<student_key>.<net_key>`) becomes the config of
+    the teacher it is cut from (`cut.teacher`, else the first); returns that teacher's name ("" without a cut)."""
+    from omegaconf import open_dict
+
+    node = cfg.get(student_key)
+    cut = node.get("cut") if isinstance(node, DictConfig) else None
+    if not cut:
+        return ""
+    group = cfg.get(teacher_group) or {}
+    teachers = {group.name: group} if net_key in group else dict(group)  # one teacher (lm_teacher) or several
+    if not teachers:
+        raise DistillError(f"{student_key}.cut: there is no teacher to cut the student from ({teacher_group} is empty)")
+    name = cut.get("teacher") or next(iter(teachers))
+    if name not in teachers:
+        raise DistillError(f"{student_key}.cut.teacher: no teacher named '{name}' (teachers: {', '.join(teachers)})")
+    with open_dict(cfg):
+        node[net_key] = copy.deepcopy(teachers[name][net_key])
+    return str(name)
 
 
 class Task(ABC):
@@ -143,6 +167,10 @@ class Task(ABC):
     @abstractmethod
     def build_model(self, node: DictConfig, what: str, seed: int, dm: Any, trains: bool) -> nn.Module:
         """A model from its config node, initialised from `seed`."""
+
+    def cut_student(self, cfg: DictConfig, node: DictConfig, teacher: nn.Module, dm: Any) -> tuple[nn.Module, dict]:
+        """The student cut from `teacher` as `node` says (`student.cut`), and what was done."""
+        raise DistillError(f"student.cut: the {type(self).__name__} cannot cut a student from its teacher")
 
     def check_models(self, cfg: DictConfig, dm: Any, student: nn.Module, teachers: dict[str, nn.Module]) -> None:
         """Checks of the built models against each other and the data, before anything trains."""

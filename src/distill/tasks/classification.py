@@ -24,7 +24,7 @@ from distill.data.base import has_standardization
 from distill.errors import DistillError
 from distill.measure import classification_metrics, per_class_accuracy, predict
 from distill.modules import DistillationModule, SupervisedModule
-from distill.tasks.base import DataModule, ModelSpec, RunContext, StudentSpec, Task, check_contract
+from distill.tasks.base import DataModule, ModelSpec, RunContext, StudentSpec, Task, check_contract, resolve_cut
 from distill.validate import check_train_config
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,12 @@ class ClassificationTask(Task):
 
     terms_group = "distill"
     monitor = ("val/acc", "max")
+    cut_from = ""  # the teacher the student is cut from (`student.cut`)
 
     def check_config(self, cfg: DictConfig) -> None:
+        self.cut_from = resolve_cut(cfg, "student", "teacher", "net")
+        if self.cut_from and (cfg.get("born_again") or {}).get("generations"):
+            raise DistillError("student.cut: born_again has no teacher to cut from; use another student")
         check_train_config(cfg)
 
     def data_config(self, cfg: DictConfig) -> DictConfig:
@@ -84,10 +88,20 @@ class ClassificationTask(Task):
         return specs
 
     def student(self, cfg: DictConfig) -> StudentSpec:
-        return StudentSpec(cfg.student.net, cfg.student.fit, cfg.student.baseline)
+        cut = cfg.student.get("cut") or None
+        return StudentSpec(cfg.student.net, cfg.student.fit, cfg.student.baseline, cut, self.cut_from)
 
     def build_model(self, node: DictConfig, what: str, seed: int, dm: Any, trains: bool) -> nn.Module:
         return build_net(node, what, seed, dm)
+
+    def cut_student(self, cfg: DictConfig, node: DictConfig, teacher: nn.Module, dm: Any) -> tuple[nn.Module, dict]:
+        """The teacher's network with channels removed (`distill.cut.ChannelCut`), importance from training batches."""
+        cutter = build(node, "student.cut")
+        if not callable(getattr(cutter, "cut", None)):
+            raise DistillError(f"student.cut: {node.get('_target_')} has no cut(teacher, batches, example, ...) method")
+        limit = getattr(cutter, "batches", 8)
+        batches = [(b["x"], b["y"]) for b in itertools.islice(dm.train_dataloader(256), limit)]
+        return cutter.cut(teacher, batches, self.example_input(dm), dm.num_classes, cfg.report.latency_repeats)
 
     def module(self, cfg, model, fit, dm, stage, teachers=None, terms=None):  # noqa: ANN001, ANN201 - see Task
         optimizer = build(fit.optimizer, f"{stage} optimizer")
@@ -116,6 +130,7 @@ class ClassificationTask(Task):
             num_classes=dm.num_classes,
             class_names=getattr(dm, "class_names", None),  # label i is class_names[i]
             input_transform="standardize" if has_standardization(student) else None,  # statistics: in the weights
+            cut=bool(self.cut_from),  # the network's shapes are those of the weights (distill.cut.fit_shapes)
         )  # fmt: skip
 
     def stage_context(self, dm: Any, out_dir: Path, redistill: Any) -> StageContext:
