@@ -32,8 +32,6 @@ log = logging.getLogger(__name__)
 #: target keyword -> the budget key it mirrors
 TARGETS = {"params": "max_params", "flops": "max_flops", "bytes": "max_bytes", "latency_ms": "max_latency_ms"}
 IMPORTANCE = ("taylor", "magnitude")
-#: the largest share of channels removed from a layer group (every layer keeps some)
-MAX_RATIO = 0.99
 
 
 class ChannelCut:
@@ -86,7 +84,7 @@ class ChannelCut:
         else:
             check_smaller(self.limits, before)
             ratio, model = self.search(scored, example, num_classes, figures)
-        info = {"ratio": round(ratio, 4), "importance": self.importance, "teacher": before, "student": figures(model)}
+        info = {"ratio": round(ratio, 4), "importance": self.importance, "before": before, "after": figures(model)}
         info["parameters"] = {"teacher": count(teacher), "student": count(model)}
         log.info("Student cut from the teacher: %.1f%% of the channels removed, %s -> %s parameters",
                  100 * ratio, f"{count(teacher):,}", f"{count(model):,}")  # fmt: skip
@@ -97,16 +95,17 @@ class ChannelCut:
     ) -> tuple[float, nn.Module]:
         """The smallest share of channels removed (bisection) whose network meets every target."""
         meets = lambda m: not over(self.limits, figures(m))  # noqa: E731
-        smallest = prune(scored, MAX_RATIO, example, num_classes, self.importance)
+        most = largest_ratio(scored, num_classes)
+        smallest = prune(scored, most, example, num_classes, self.importance)
         if not meets(smallest):
             shown = ", ".join(
                 f"{budget.SIZE_KEYS[k][1]} {v:,.4g}" for k, v in over(self.limits, figures(smallest)).items()
             )
             raise DistillError(
-                f"student.cut: even the smallest cut of the teacher ({100 * MAX_RATIO:g}% of the channels removed) "
+                f"student.cut: even the smallest cut of the teacher (one channel left in its narrowest layer) "
                 f"exceeds the target by {shown}; choose a larger target or a smaller architecture"
             )
-        low, high, best = 0.0, MAX_RATIO, smallest
+        low, high, best = 0.0, most, smallest
         for _ in range(self.steps):
             middle = (low + high) / 2
             model = prune(scored, middle, example, num_classes, self.importance)
@@ -115,6 +114,18 @@ class ChannelCut:
             else:
                 low = middle
         return high, best
+
+
+def largest_ratio(model: nn.Module, num_classes: int) -> float:
+    """The largest share of channels every layer can lose while its narrowest layer keeps one (torch-pruning
+    keeps int(channels x (1 - ratio)) and leaves a layer that would keep none unpruned)."""
+    classifier = find_classifier(model, num_classes)
+    widths = [
+        m.out_features if isinstance(m, nn.Linear) else m.out_channels
+        for m in model.modules()
+        if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d) and m is not classifier
+    ]
+    return 1 - 1.0001 / min(widths) if widths else 0.0
 
 
 def count(model: nn.Module) -> int:
