@@ -314,7 +314,9 @@ def test_adding_an_option_to_a_group(project: Path) -> None:
 @pytest.mark.slow
 def test_an_unknown_option_names_the_folders_searched(project: Path, shared: Path) -> None:
     line = one_error_line(command(project, "-cd", str(shared), "teacher=[cnn,my_tvv]", "--cfg", "job"))
-    assert line.startswith("error: unknown teacher option 'my_tvv'; valid options: bert_base, bert_small, cnn, cnn_small,")
+    assert line.startswith(
+        "error: unknown teacher option 'my_tvv'; valid options: bert_base, bert_small, cnn, cnn_small,"
+    )
     assert "my_tv," in line and "resmlp_wide," in line  # from --config-dir and from ./configs
     searched = line.split("(searched ", 1)[1].rstrip(")").split(", ")
     assert searched[:2] == [CONFIG_DIR, str((project / "configs").resolve())]

@@ -206,8 +206,9 @@ def measure(
     task: Task, models: dict[str, nn.Module | Path], roles: dict[str, str], dm: Any, cfg: DictConfig, out: Path,
     teacher_names: list[str],
 ) -> list[dict[str, Any]]:  # fmt: skip
-    """One row per model: the task's metrics, then size and speed measured the same way for every task."""
-    metrics = task.evaluate(models, dm, teacher_names)
+    """One row per model: the task's metrics (on `report.split`), then size and speed measured the same way for
+    every task."""
+    metrics = task.evaluate(models, dm, teacher_names, split=report_split(task, cfg))
     example = task.example_input(dm)
     rows = []
     for name, model in models.items():
@@ -219,11 +220,40 @@ def measure(
     return rows
 
 
+def report_split(task: Task, cfg: DictConfig) -> str:
+    """The split the report's figures are measured on: `report.split` (test unless a search sets val)."""
+    split = str((cfg.get("report") or {}).get("split") or "test")
+    if split not in task.report_splits:
+        raise DistillError(f"report.split: this task reports on {' or '.join(task.report_splits)}, not {split!r}")
+    return split
+
+
+def search_entry(
+    task: Task, models: dict[str, nn.Module | Path], rows: list[dict[str, Any]], dm: Any, out: Path
+) -> dict[str, Any]:
+    """What a search optimises (report.json's `search`): the run's last model (the last compression stage that
+    ran, else the student), its validation figure (the test set stays out), bytes and batch-1 latency."""
+    row = next(r for r in reversed(rows) if r["model"] == "student" or r["model"].startswith("compress:"))
+    name = row["model"]
+    entry: dict[str, Any] = {"model": name, "split": "val", **task.validation_figure(name, models[name], row, dm)}
+    entry.update({k: row.get(k) for k in ("bytes", "latency_ms_batch_1", "parameters")})
+    entry["latency_ms"] = entry.pop("latency_ms_batch_1")
+    entry["within_budget"] = row.get("meets_budget")
+    if row.get("artifact"):
+        entry["file"] = row["artifact"]
+    elif name == "student":
+        entry["file"] = str(out / "student.ckpt")
+    elif task.weights_folder:
+        entry["file"] = str(out / task.weights_folder / f"{name.replace(':', '_')}.pt")
+    return entry
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run the whole job for the config's task; returns the report."""
     task = build_task(cfg)
     out = Path(cfg.paths.output_dir)
     task.check_config(cfg)  # every recipe and data field, before anything is read or trained
+    report_split(task, cfg)
     prepare_run(cfg.seed, out / ".hydra")
 
     # 1. Everything that can be checked without training is checked first.
@@ -234,6 +264,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     generations = (cfg.get("born_again") or {}).get("generations", 0)
     if generations and specs:
         raise DistillError("born_again trains its own teachers (the student's generations): run it with teacher=[]")
+    if generations and spec.baseline is None:
+        raise DistillError("born_again starts from the baseline (generation 0): student.baseline cannot be null")
     for tspec in specs.values():
         if tspec.ckpt_path:
             read_checkpoint(tspec.ckpt_path)  # missing or unreadable: now, not after hours of training
@@ -279,13 +311,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         student, cut_info = task.cut_student(cfg, spec.cut, teachers[spec.cut_from], dm)
         trained["student"] = trainable_parameters(student)
 
-    # 3. Baseline: the student's architecture trained on the data alone.
-    if spec.cut:  # the cut architecture, initialised afresh
+    # 3. Baseline: the student's architecture trained on the data alone (none with `baseline: null`).
+    baseline: nn.Module | None = None
+    if spec.cut and spec.baseline is not None:  # the cut architecture, initialised afresh
         baseline = reinitialised(student, cfg.seed)
-    else:
+    elif spec.baseline is not None:
         baseline = task.build_model(spec.model, "student", cfg.seed, dm, trains=True)
-    trained["baseline"] = trainable_parameters(baseline)
-    sources["baseline"] = job.baseline(spec, baseline)
+    if baseline is not None:
+        trained["baseline"] = trainable_parameters(baseline)
+        sources["baseline"] = job.baseline(spec, baseline)
 
     # 4. Distillation (from the teachers, or from the student's own earlier generations).
     start = time.perf_counter()
@@ -295,7 +329,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         sources.update({name: "born-again generation" for name in generated if name != "baseline"})
     else:
         trainer, module = job.distill(student, teachers, spec.fit, "student")
-        models = {**{f"teacher:{n}": t for n, t in teachers.items()}, "baseline": baseline}
+        models = {f"teacher:{n}": t for n, t in teachers.items()}
+        if baseline is not None:
+            models["baseline"] = baseline
         teacher_names = [f"teacher:{n}" for n in teachers]
     seconds = time.perf_counter() - start
     sources["student"] = "distilled in this run"
@@ -304,7 +340,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         sources["student"] = (
             f"cut from teacher '{spec.cut_from}' ({100 * ratio:.1f}% of channels removed), distilled in this run"
         )
-        sources["baseline"] += " (the cut architecture, initialised afresh)"
+        if baseline is not None:
+            sources["baseline"] += " (the cut architecture, initialised afresh)"
     if distributed.is_global_zero():
         task.save_student(out / "student.ckpt", student, cfg, dm)
 
@@ -330,6 +367,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         extra["cut"] = {"teacher": spec.cut_from, **cut_info}
     if limits:
         extra["budget"] = budget.judge(rows, limits)
+    extra["search"] = search_entry(task, {**models, **compressed}, rows, dm, out)
     title = f"{cfg.task_name}: {', '.join(teacher_names) or 'no teacher'} → student"
     report = publish_report(rows, out, job.loggers, title=title, failure=failure, extra=extra,
                             summary=task.summary(rows), histories=job.histories,

@@ -229,7 +229,8 @@ def check_train_config(cfg: DictConfig) -> None:
     student = cfg.get("student")
     if isinstance(student, DictConfig):
         check_fit(_get(student, "fit"), "student.fit")
-        check_fit(_get(student, "baseline"), "student.baseline")
+        if _get(student, "baseline") is not None:  # null: no baseline (a search needs none)
+            check_fit(_get(student, "baseline"), "student.baseline")
     check_data(cfg.get("data"), "data")
     born = cfg.get("born_again")
     if isinstance(born, DictConfig):

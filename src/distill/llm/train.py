@@ -10,16 +10,17 @@ from distill.console import install_log_filters
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="lm")
-def hydra_main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | tuple[float, ...] | None:
     """Train (or load) the teacher and the student alone, distil the student, write the report."""
     install_log_filters()  # also here: a SLURM job runs this function without main()
     from distill.extras import apply_extras
     from distill.spine import run
 
     apply_extras(cfg)
+    from distill.train import optimized
+
     report = run_task(run, cfg) or {}
-    metric = cfg.get("optimized_metric")
-    return report.get(metric) if metric else None
+    return optimized(report, cfg.get("optimized_metric"))
 
 
 def main() -> None:

@@ -94,11 +94,12 @@ class ModelSpec:
 
 @dataclass
 class StudentSpec:
-    """The student's config node, its distillation recipe and its baseline's (trained on the data alone)."""
+    """The student's config node, its distillation recipe and its baseline's (trained on the data alone; None:
+    no baseline)."""
 
     model: DictConfig
     fit: DictConfig
-    baseline: DictConfig
+    baseline: DictConfig | None
     cut: DictConfig | None = None  # the student is this teacher's network, cut (`student=pruned`)
     cut_from: str = ""  # the teacher it is cut from
 
@@ -219,9 +220,20 @@ class Task(ABC):
         """The module compression stages take (the student, or a wrapper with a plain tensor interface)."""
         return student
 
+    #: the splits `evaluate` can report on (`report.split`)
+    report_splits: tuple[str, ...] = ("test",)
+
     @abstractmethod
-    def evaluate(self, models: dict[str, nn.Module | Path], dm: Any, teacher_names: list[str]) -> dict[str, dict]:
-        """Test-set metrics of every model (and any per-model figures the task reports), by name."""
+    def evaluate(
+        self, models: dict[str, nn.Module | Path], dm: Any, teacher_names: list[str], split: str = "test"
+    ) -> dict[str, dict]:
+        """Metrics of every model on `split` (one of `report_splits`; a search reports on the validation split),
+        and any per-model figures the task reports, by name."""
+
+    @abstractmethod
+    def validation_figure(self, name: str, model: nn.Module | Path, row: dict[str, Any], dm: Any) -> dict[str, float]:
+        """The validation figure a search optimises for one model (`{"accuracy": ...}` or `{"perplexity": ...}`);
+        `row` is its report row."""
 
     @abstractmethod
     def example_input(self, dm: Any) -> Tensor:

@@ -265,7 +265,9 @@ class CausalLMTask(Task):
     def stage_input(self, student: nn.Module) -> nn.Module:
         return LogitsOnly(student).eval()  # input_ids -> logits: what ONNX export and int8 take
 
-    def evaluate(self, models: dict[str, nn.Module | Path], dm: Any, teacher_names: list[str]) -> dict[str, dict]:
+    def evaluate(
+        self, models: dict[str, nn.Module | Path], dm: Any, teacher_names: list[str], split: str = "test"
+    ) -> dict[str, dict]:
         """Test perplexity, the perplexity on the rarest tenth of the test tokens (by training count) and next-token
         agreement with the teacher (its choices computed once), validation perplexity and, for data with reference answers, evaluation by generation of every PyTorch model
         (`exact_match`, `rouge_l`, greedy, and `exact_match_sampled`, `rouge_l_sampled`; not ONNX sessions)."""
@@ -294,6 +296,9 @@ class CausalLMTask(Task):
 
     def example_input(self, dm: Any) -> Tensor:
         return dm.tensors["test"]["input_ids"][:1]
+
+    def validation_figure(self, name: str, model: nn.Module | Path, row: dict[str, Any], dm: Any) -> dict[str, float]:
+        return {"perplexity": row["val_perplexity"]}
 
     def runner(self, model: nn.Module) -> nn.Module:
         return model if isinstance(model, LogitsOnly) else LogitsOnly(model)

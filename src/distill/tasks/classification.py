@@ -58,6 +58,7 @@ class ClassificationTask(Task):
     terms_group = "distill"
     monitor = ("val/acc", "max")
     cut_from = ""  # the teacher the student is cut from (`student.cut`)
+    report_splits = ("test", "val")
 
     def check_config(self, cfg: DictConfig) -> None:
         self.cut_from = resolve_cut(cfg, "student", "teacher", "net")
@@ -137,15 +138,19 @@ class ClassificationTask(Task):
         calibration = [batch["x"].cpu() for batch in itertools.islice(dm.train_dataloader(256), 16)]
         return StageContext(dm.model_inputs("val", 64), calibration, out_dir, dm.num_classes, redistill)
 
-    def evaluate(self, models: dict[str, nn.Module | Path], dm: Any, teacher_names: list[str]) -> dict[str, dict]:
-        """Test accuracy, calibration error (ECE), top-1 agreement with the teachers' mean logits, and the
+    def evaluate(
+        self, models: dict[str, nn.Module | Path], dm: Any, teacher_names: list[str], split: str = "test"
+    ) -> dict[str, dict]:
+        """Test (or `split`) accuracy, calibration error (ECE), top-1 agreement with the teachers' mean logits, and the
         accuracy of each class (`per_class_accuracy`, with the worst class)."""
         from distill.compress import deploy
 
+        loader = dm.test_dataloader if split == "test" else dm.val_dataloader
+
         def run(model: nn.Module | Path) -> tuple[Tensor, Tensor]:
             if isinstance(model, nn.Module):
-                return predict(model, dm.test_dataloader())
-            return deploy.onnx_predict(model, dm.test_dataloader())
+                return predict(model, loader())
+            return deploy.onnx_predict(model, loader())
 
         logits = {name: run(model) for name, model in models.items()}
         targets = next(iter(logits.values()))[1]
@@ -159,6 +164,9 @@ class ClassificationTask(Task):
 
     def example_input(self, dm: Any) -> Tensor:
         return dm.model_inputs("test", 1)
+
+    def validation_figure(self, name: str, model: nn.Module | Path, row: dict[str, Any], dm: Any) -> dict[str, float]:
+        return {"accuracy": self.evaluate({name: model}, dm, [], split="val")[name]["accuracy"]}
 
     def summary(self, rows: list[dict[str, Any]]) -> dict[str, float]:
         return summarize(rows)

@@ -190,16 +190,20 @@ class TextClassificationTask(ClassificationTask):
         calibration = [padded(b["x"], dm.max_length, dm.pad_token_id) for b in itertools.islice(train, 8)]
         return StageContext(example, calibration, out_dir, dm.num_classes, redistill)
 
-    def evaluate(self, models: dict[str, nn.Module | Path], dm: Any, teacher_names: list[str]) -> dict[str, dict]:
-        """Test accuracy, macro-F1, calibration error, top-1 agreement with the teachers' mean logits and the
+    def evaluate(
+        self, models: dict[str, nn.Module | Path], dm: Any, teacher_names: list[str], split: str = "test"
+    ) -> dict[str, dict]:
+        """Test (or `split`) accuracy, macro-F1, calibration error, top-1 agreement with the teachers' mean logits and the
         accuracy of each class (with the worst)."""
         from distill.compress import deploy
 
+        loader = dm.test_dataloader if split == "test" else dm.val_dataloader
+
         def run(model: nn.Module | Path) -> tuple[Tensor, Tensor]:
             if isinstance(model, nn.Module):
-                return predict(model, dm.test_dataloader())
+                return predict(model, loader())
             width = dm.max_length  # an exported model takes the width it was exported at
-            batches = ({**b, "x": padded(b["x"], width, dm.pad_token_id)} for b in dm.test_dataloader())
+            batches = ({**b, "x": padded(b["x"], width, dm.pad_token_id)} for b in loader())
             return deploy.onnx_predict(model, batches)
 
         logits = {name: run(model) for name, model in models.items()}
