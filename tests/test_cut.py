@@ -167,3 +167,44 @@ def test_bad_cuts_exit_2(extra: list[str], expect: str, tmp_path: Path, capfd: p
     job = [o for o in tiny_job(tmp_path) if not ("teacher=[]" in extra and o.startswith("teacher"))]
     code, out, err = run_main(train_main, [*job, *extra], capfd)
     assert_refused(code, out, err, expect, tmp_path / "logs" / "cache")
+
+
+def tiny_lm_cut_job(tmp_path: Path, *extra: str) -> list[str]:
+    """tiny_lm_job with lm_student=pruned: the tiny teacher (hidden 32, 2 layers, 2 heads, 64 neurons) cut."""
+    from tests.test_llm_pipeline import tiny_lm_job
+
+    kept = [o for o in tiny_lm_job(tmp_path) if not o.startswith("lm_student.model.")]
+    return [*kept, "lm_student=pruned", "lm_student.fit.epochs=2", "lm_student.fit.batch_size=16", *extra]
+
+
+@pytest.mark.slow
+def test_distill_lm_distils_a_student_cut_from_its_teacher(tmp_path: Path) -> None:
+    """lm_student=pruned: the teacher cut to the given sizes (a layer, a head, half the neurons and channels),
+    distilled; the student alone is that architecture from scratch; the exported folder has the cut sizes."""
+    from tests.conftest import compose_config
+    from transformers import AutoConfig
+
+    from distill.spine import run
+
+    sizes = ["hidden_size=16", "num_hidden_layers=1", "num_attention_heads=1", "num_key_value_heads=1",
+             "intermediate_size=32"]  # fmt: skip
+    overrides = tiny_lm_cut_job(tmp_path, *[f"lm_student.cut.sizes.{s}" for s in sizes])
+    report = run(compose_config(overrides, name="lm"))
+    rows = {r["model"]: r for r in report["models"]}
+    assert report["cut"]["sizes_after"] == {"num_hidden_layers": 1, "hidden_size": 16, "num_attention_heads": 1,
+                                            "num_key_value_heads": 1, "intermediate_size": 32}  # fmt: skip
+    assert len(report["cut"]["layers_kept"]) == 1
+    assert rows["student"]["parameters"] == rows["baseline"]["parameters"] == report["cut"]["parameters_after"]
+    assert rows["student"]["source"].startswith("cut from teacher 'tiny_llama' (num_hidden_layers 1, hidden_size 16")
+    assert rows["student"]["perplexity"] < 280  # it learnt something of the 280-token vocabulary
+    exported = AutoConfig.from_pretrained(tmp_path / "run" / "student_hf")
+    assert (exported.hidden_size, exported.num_hidden_layers, exported.intermediate_size) == (16, 1, 32)
+    assert report["search"]["perplexity"] == rows["student"]["val_perplexity"]
+
+
+def test_an_lm_cut_larger_than_the_teacher_is_refused(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+    from distill.llm.train import main as lm_main
+
+    (tmp_path / "logs" / "cache").mkdir(parents=True)
+    code, out, err = run_main(lm_main, tiny_lm_cut_job(tmp_path, "lm_student.cut.sizes.hidden_size=64"), capfd)
+    assert_refused(code, out, err, "pruning target larger than the teacher", tmp_path / "logs" / "cache")

@@ -86,6 +86,7 @@ class ChannelCut:
             ratio, model = self.search(scored, example, num_classes, figures)
         info = {"ratio": round(ratio, 4), "importance": self.importance, "before": before, "after": figures(model)}
         info["parameters"] = {"teacher": count(teacher), "student": count(model)}
+        info["what"] = f"{100 * ratio:.1f}% of channels removed"
         log.info("Student cut from the teacher: %.1f%% of the channels removed, %s -> %s parameters",
                  100 * ratio, f"{count(teacher):,}", f"{count(model):,}")  # fmt: skip
         return model, info

@@ -35,7 +35,6 @@ from distill.callbacks import kept_epoch
 from distill.checkpoints import load_weights, read_checkpoint
 from distill.compress.base import StageResult
 from distill.console import announce_stage
-from distill.cut import reinitialised
 from distill.errors import DistillError
 from distill.history import StageHistory
 from distill.measure import size_and_speed, trainable_parameters
@@ -314,7 +313,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # 3. Baseline: the student's architecture trained on the data alone (none with `baseline: null`).
     baseline: nn.Module | None = None
     if spec.cut and spec.baseline is not None:  # the cut architecture, initialised afresh
-        baseline = reinitialised(student, cfg.seed)
+        baseline = task.reinitialised(student, cfg.seed)
     elif spec.baseline is not None:
         baseline = task.build_model(spec.model, "student", cfg.seed, dm, trains=True)
     if baseline is not None:
@@ -336,10 +335,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     sources["student"] = "distilled in this run"
     if spec.cut:
-        ratio = cut_info["ratio"]
-        sources["student"] = (
-            f"cut from teacher '{spec.cut_from}' ({100 * ratio:.1f}% of channels removed), distilled in this run"
-        )
+        sources["student"] = f"cut from teacher '{spec.cut_from}' ({cut_info['what']}), distilled in this run"
         if baseline is not None:
             sources["baseline"] += " (the cut architecture, initialised afresh)"
     if distributed.is_global_zero():

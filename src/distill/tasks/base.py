@@ -173,6 +173,12 @@ class Task(ABC):
         """The student cut from `teacher` as `node` says (`student.cut`), and what was done."""
         raise DistillError(f"student.cut: the {type(self).__name__} cannot cut a student from its teacher")
 
+    def reinitialised(self, model: nn.Module, seed: int) -> nn.Module:
+        """A copy of `model` with fresh weights from `seed`: a cut student's architecture trained alone."""
+        from distill.cut import reinitialised
+
+        return reinitialised(model, seed)
+
     def check_models(self, cfg: DictConfig, dm: Any, student: nn.Module, teachers: dict[str, nn.Module]) -> None:
         """Checks of the built models against each other and the data, before anything trains."""
         return None

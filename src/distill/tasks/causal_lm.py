@@ -40,7 +40,7 @@ from distill.llm.models import (
 )
 from distill.llm.module import LMDistillationModule, model_inputs, position_nll, teacher_choice, token_stats
 from distill.pretrained import model_files
-from distill.tasks.base import ModelSpec, RunContext, StudentSpec, Task
+from distill.tasks.base import ModelSpec, RunContext, StudentSpec, Task, resolve_cut
 from distill.validate import check_lm_config
 
 log = logging.getLogger(__name__)
@@ -157,6 +157,7 @@ class CausalLMTask(Task):
     _looked_up = False
 
     def check_config(self, cfg: DictConfig) -> None:
+        self.cut_from = resolve_cut(cfg, "lm_student", "lm_teacher", "model")
         check_lm_config(cfg)
         self.generation_eval = GenerationEval.from_config(cfg.get("generation_eval"), seed=int(cfg.get("seed") or 0))
         self._examples, self._looked_up, self.generated = None, False, None
@@ -186,7 +187,23 @@ class CausalLMTask(Task):
         return {tcfg.name: ModelSpec(tcfg.model, tcfg.get("fit"), source=f"pretrained {tcfg.model.get('pretrained')}")}
 
     def student(self, cfg: DictConfig) -> StudentSpec:
-        return StudentSpec(cfg.lm_student.model, cfg.lm_student.fit, cfg.lm_student.fit)
+        cut = cfg.lm_student.get("cut") or None
+        return StudentSpec(cfg.lm_student.model, cfg.lm_student.fit, cfg.lm_student.fit, cut, self.cut_from)
+
+    def cut_student(self, cfg: DictConfig, node: DictConfig, teacher: nn.Module, dm: Any) -> tuple[nn.Module, dict]:
+        """The teacher cut by `distill.llm.prune.cut_to` (Minitron), importance on `batches` training batches."""
+        settings = OmegaConf.to_container(node, resolve=True)
+        count = int(settings.pop("batches", 8))
+        settings.pop("teacher", None)
+        cut = build(OmegaConf.create({**settings, "_partial_": True}), "lm_student.cut")
+        ids = dm.tensors["train"]["input_ids"]
+        student, info = cut(teacher, [ids[i : i + 16] for i in range(0, min(len(ids), 16 * count), 16)])
+        info["what"] = ", ".join(f"{k} {v}" for k, v in info["sizes_after"].items() if v != info["sizes_before"][k])
+        return float32_trainable(student), info
+
+    def reinitialised(self, model: nn.Module, seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        return float32_trainable(type(model)(model.config))
 
     def build_model(self, node: DictConfig, what: str, seed: int, dm: Any, trains: bool) -> nn.Module:
         return build_lm(node, what, dm.vocab_size, seed, trained=trains)
@@ -251,7 +268,7 @@ class CausalLMTask(Task):
 
     def save_student(self, path: Path, student: nn.Module, cfg: DictConfig, dm: Any) -> None:
         net = OmegaConf.to_container(cfg.lm_student.model, resolve=True)
-        save_model(path, student, net=net, vocab_size=dm.vocab_size)
+        save_model(path, student, net=net, vocab_size=dm.vocab_size, cut=bool(self.cut_from))
         export = cfg.get("export") or {}
         folder = path.parent / export.get("folder", "student_hf")
         export_pretrained(student, folder, dm.tokenizer, merge_lora=export.get("merge_lora", True))
