@@ -37,7 +37,7 @@ from distill.errors import DistillError
 from distill.plots import _figure, _set_log_axis, human_bytes, parse_override, save, swept_parameters
 from distill.report import markdown_table
 from distill.secrets import REDACTED
-from distill.sweeps import job_overrides
+from distill.sweeps import job_folders, job_number, job_overrides
 
 log = logging.getLogger(__name__)
 
@@ -87,14 +87,9 @@ class Trial:
         return self.folder.name
 
 
-def _job_number(folder: Path) -> int | None:
-    head = folder.name.split("_", 1)[0]
-    return int(head) if head.isdigit() else None
-
-
 def read_trial(folder: Path) -> Trial:
     """The trial in `folder`; without report.json, or without a `search` entry in it, a failed one."""
-    trial = Trial(folder, _job_number(folder), job_overrides(folder))
+    trial = Trial(folder, job_number(folder), job_overrides(folder))
     report_file = folder / "report.json"
     report = json.loads(report_file.read_text()) if report_file.is_file() else {}
     search = report.get("search")
@@ -110,10 +105,7 @@ def read_trial(folder: Path) -> Trial:
 
 def read_trials(sweep_dir: Path) -> list[Trial]:
     """Every trial of the search in `sweep_dir` (its job folders, by job number; not the rerun in best/)."""
-    folders = [p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir() and p.name != BEST_DIR]
-    number = {p: _job_number(p) for p in folders}
-    folders.sort(key=lambda p: (number[p] is None, number[p] or 0, p.name))
-    return [read_trial(p) for p in folders]
+    return [read_trial(p) for p in job_folders(sweep_dir)]
 
 
 def metric_of(trials: Sequence[Trial]) -> str:

@@ -62,14 +62,21 @@ def job_row(job_dir: Path) -> dict[str, Any]:
     return row
 
 
-def _job_number(path: Path) -> tuple[int, str]:
+def job_number(path: Path) -> int | None:
+    """The job number a sweep's job folder starts with (`<num>_<job id>`); None for any other folder."""
     head = path.name.split("_", 1)[0]
-    return (int(head), path.name) if head.isdigit() else (10**9, path.name)
+    return int(head) if head.isdigit() else None
+
+
+def job_folders(sweep_dir: Path) -> list[Path]:
+    """The job folders of a sweep, by job number (not other runs kept there, such as a search's best/)."""
+    jobs = [p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir() and job_number(p) is not None]
+    return sorted(jobs, key=lambda p: (job_number(p), p.name))
 
 
 def summarize_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
     """Rows of every job folder of `sweep_dir`; writes summary.md and summary.csv there."""
-    jobs = sorted((p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()), key=_job_number)
+    jobs = job_folders(sweep_dir)
     rows = [job_row(p) for p in jobs]
     # Overrides shared by every job go in the heading; each row keeps what sets it apart.
     split = [r["overrides"].split() for r in rows]
