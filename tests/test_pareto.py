@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from distill import pareto
 from distill.errors import DistillError
-from distill.pareto import ParetoFront, Trial, best_within_budget, non_dominated, read_trials, write_front
+from distill.pareto import ParetoFront, Trial, best_within_budget, non_dominated, read_trials, srun_prefix, write_front
 
 # -- non_dominated ---------------------------------------------------------------------------------
 
@@ -373,19 +373,21 @@ def test_the_callback_tests_the_best_trial(
     assert json.loads((sweep / "pareto.json").read_text())["test"]["accuracy"] == 0.9034
 
 
-def test_a_search_on_slurm_is_not_rerun_where_it_ended(
-    sweep: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_search_on_slurm_reruns_its_best_as_a_slurm_job(sweep: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sweep ends where it was started (often a login node): the rerun goes through srun with the trials'
+    partition, account, time, GPUs, CPUs and memory."""
     fake = FakeRun(sweep)
     monkeypatch.setattr(pareto.subprocess, "run", fake)
     config = sweep_config(sweep)
-    config.hydra.launcher = {"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"}
+    config.hydra.launcher = {
+        "_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
+        "partition": "gpu", "account": None, "timeout_min": 30, "gpus_per_node": 1, "cpus_per_task": 4, "mem_gb": 8,
+    }  # fmt: skip
     ParetoFront().on_multirun_end(config)
-    assert fake.args is None and "test" not in json.loads((sweep / "pareto.json").read_text())
-    assert messages(caplog)[-1].startswith(
-        f"The search ran on SLURM: trial 1_1 is not rerun on the test split here; run it on a compute node: "
-        f"{sys.executable} -m distill.train distill.kd.temperature=4 data=digits report.split=test hydra.run.dir="
-    )
+    assert fake.args[:9] == ["srun", "--nodes=1", "--ntasks=1", "--partition=gpu", "--time=30", "--gpus-per-node=1",
+                             "--cpus-per-task=4", "--mem=8G", sys.executable]  # fmt: skip
+    assert json.loads((sweep / "pareto.json").read_text())["test"]["accuracy"] == 0.9034
+    assert srun_prefix({"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}) == []
 
 
 def test_the_callback_survives_a_broken_sweep(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

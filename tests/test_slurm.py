@@ -123,3 +123,21 @@ def test_sigusr1_saves_a_checkpoint_requeues_and_the_job_continues(tmp_path: Pat
     assert f"Resuming stage 'student' from {newest}" in log
     restarts = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout
     assert "Restarts=1" in restarts
+
+
+def test_a_budget_search_runs_its_trials_and_its_best_rerun_on_slurm(tmp_path: Path) -> None:
+    """hparams_search=budget_pareto through the SLURM launcher: the trials run as SLURM jobs, the front is
+    written where the sweep ends, and the best model within the budget is rerun once (srun) on the test split."""
+    args = ["hparams_search=budget_pareto", "hydra/launcher=slurm", "hydra.launcher.timeout_min=15",
+            "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2", "hydra.sweeper.sampler.population_size=2",
+            *cli_job(tmp_path, "student.fit.epochs=2", "budget.max_bytes=300000", "budget.max_accuracy_drop=0.6")]  # fmt: skip
+    result = run_cli(args, tmp_path, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
+    jobs = [p for p in sweep.iterdir() if re.fullmatch(r"\d_\d+_\d", p.name)]
+    assert len(jobs) == 2  # <job number>_<SLURM array job id>_<array task id>
+    front = json.loads((sweep / "pareto.json").read_text())
+    assert len(front["trials"]) == 2 and front["best"] is not None
+    assert front["test"]["same_model"] is True and front["test"]["command"].startswith("srun --nodes=1 --ntasks=1")
+    assert json.loads((sweep / "best" / "report.json").read_text())["models"]
+    assert queue_drains()

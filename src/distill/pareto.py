@@ -388,6 +388,29 @@ def plot_front(data: dict[str, Any]) -> Figure | None:
 # -- the test set: the best model only -------------------------------------------------------------
 
 
+#: SLURM launcher setting -> srun option (the rerun of the best trial runs as one job with the trials' resources)
+SRUN_OPTIONS = {
+    "partition": "--partition",
+    "account": "--account",
+    "qos": "--qos",
+    "timeout_min": "--time",
+    "gpus_per_node": "--gpus-per-node",
+    "cpus_per_task": "--cpus-per-task",
+    "mem_gb": "--mem",
+}
+
+
+def srun_prefix(launcher: Any) -> list[str]:
+    """`srun` with the sweep's SLURM settings when its launcher is SLURM's (the sweep ended on the machine it
+    was started from, often a login node: the rerun goes to a compute node as the trials did); else nothing."""
+    if "slurm" not in str(launcher.get("_target_", "")).lower():
+        return []
+    units = {"timeout_min": "", "mem_gb": "G"}
+    options = [f"{flag}={launcher[key]}{units.get(key, '')}" for key, flag in SRUN_OPTIONS.items()
+               if launcher.get(key) is not None]  # fmt: skip
+    return ["srun", "--nodes=1", "--ntasks=1", *options]
+
+
 def task_command(config: DictConfig) -> list[str]:
     """The command that reruns one trial of the search in `config`: the module of its primary config
     (`hydra.job.config_name`, else `task_name`: train -> distill.train, lm -> distill.llm.train)."""
@@ -555,14 +578,8 @@ class ParetoFront(Callback):
     @staticmethod
     def _test(config: DictConfig, sweep_dir: Path, data: dict[str, Any]) -> dict[str, Any] | None:
         trial = next(t for t in read_trials(sweep_dir) if t.name == data["best"]["trial"])
-        command = task_command(config)
-        if "slurm" in str(OmegaConf.select(config, "hydra.launcher._target_", default="")).lower():
-            log.warning(  # the sweep ended on the machine it was started from, often a login node
-                "The search ran on SLURM: trial %s is not rerun on the test split here; run it on a compute node: %s",
-                trial.name,
-                shlex.join(rerun_command(sweep_dir, trial, command)),
-            )
-            return None
+        launcher = OmegaConf.select(config, "hydra.launcher") or {}
+        command = [*srun_prefix(launcher), *task_command(config)]  # on SLURM: one job, as the trials ran
         test = test_best(sweep_dir, trial, command)
         _log_test(test, data["metric"])
         return test
