@@ -102,6 +102,7 @@ def install_log_filters() -> None:
         _add_filter(logging.getLogger(name), _LIGHTNING_FILTER)
     _add_filter(logging.getLogger("submitit"), _SACCT_FILTER)
     warnings.filterwarnings("ignore", message=SRUN_HINT)
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # Optuna's import of it lists its plugins at INFO
 
 
 def adopt_lightning_loggers() -> None:
