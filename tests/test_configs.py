@@ -47,7 +47,7 @@ def test_every_option_composes(group: str, option: str, tmp_path: Path) -> None:
         overrides = [o for o in overrides if not o.startswith("paths.")]  # a multirun: no fixed output dir
     cfg = compose_config(overrides)
     assert cfg.data._target_.startswith(("distill.data.", "distill.textcls."))
-    assert cfg.distill and cfg.student.net._target_
+    assert cfg.distill and (cfg.student.net or cfg.student.cut)._target_  # a network, or the teacher's cut
     assert cfg.get("teacher") or cfg.born_again.generations > 0 or "byot" in cfg.distill  # teacherless runs
     OmegaConf.to_container(cfg.data, resolve=True)  # every interpolation of the data group resolves
 
@@ -65,6 +65,14 @@ def test_every_network_instantiates_and_predicts(option: str, tmp_path: Path) ->
     group = "teacher" if option in options("teacher") else "student"
     cfg = compose_config([f"{group}={option}", f"paths.output_dir={tmp_path}"])
     node = cfg.teacher[option].net if group == "teacher" else cfg.student.net
+    if node is None:  # student=pruned: the first teacher, cut (sized from the budget, here a ratio)
+        cut = hydra.utils.instantiate(cfg.student.cut, ratio=0.5)
+        with open_dict(cfg):
+            cfg.data.input_shape, cfg.data.num_classes = [40], 10
+        teacher = hydra.utils.instantiate(cfg.teacher.cnn.net)
+        net, _ = cut.cut(teacher, [(torch.randn(8, 40), torch.randint(0, 10, (8,)))], torch.randn(1, 40), 10)
+        assert net(torch.randn(3, 40)).shape == (3, 10)
+        return
     if node._target_ == "distill.textcls.models.pretrained_classifier":  # a local folder the user gives
         from distill.assembly import build
 
