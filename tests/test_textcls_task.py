@@ -169,6 +169,7 @@ def cases(tmp_path: Path) -> list[tuple[list[str], str]]:
          "is not a sequence-classification model (BertForMaskedLM)"),
         ([f"data.train={good}", "student.init_from_teacher={every: 2}"], "differ in hidden_size"),
         ([f"data.train={good}", "data.max_length=600"], "has 512 positions but data.max_length is 600"),
+        ([f"data.train={good}", "student=pruned", "student.cut.ratio=0.5"], "text classification students are not cut"),
     ]  # fmt: skip
 
 
@@ -179,6 +180,8 @@ def test_bad_text_input_is_refused_in_one_line(tmp_path: Path, capfd: pytest.Cap
         args = [a for a in text_job(tmp_path / "run_root", rows=60) if not a.startswith("data.train=")]
         if any(e.startswith("teacher=") for e in extra):  # another teacher: not the tiny bert_small's settings
             args = [a for a in args if not a.startswith("teacher.bert_small.")]
+        if "student=pruned" in extra:  # no network of its own: the tiny bert_tiny's settings do not apply
+            args = [a for a in args if not a.startswith("student.net.")]
         code, out, err = run_main(train_main, [*args, *extra], capfd)
         assert_refused(code, out, err, expect, tmp_path / "run_root" / "logs" / "cache")
 

@@ -58,6 +58,11 @@ class TextClassificationTask(ClassificationTask):
     """BERT-family sequence classifiers: a teacher trained here (cached) or loaded, the student distilled."""
 
     def check_config(self, cfg: DictConfig) -> None:
+        if (cfg.get("student") or {}).get("cut"):
+            raise DistillError(
+                "student.cut: text classification students are not cut from the teacher; start one from the "
+                "teacher's layers instead (student.init_from_teacher={every: 2})"
+            )
         # A teacher with `fit: null` is a fine-tuned classifier used as it is (checked where it is loaded).
         used = [n for n, t in (cfg.get("teacher") or {}).items() if isinstance(t, DictConfig) and t.get("fit") is None]
         checked = cfg
