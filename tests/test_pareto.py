@@ -280,11 +280,11 @@ def tested(sweep: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, FakeRun,
     return sweep, fake, entry
 
 
-def test_the_best_trial_is_rerun_on_the_test_split_without_the_search(tested: tuple) -> None:
+def test_the_best_trial_is_rerun_as_one_run_on_the_test_split(tested: tuple) -> None:
     sweep, fake, _ = tested
     assert fake.args == [
-        "python", "-m", "distill.train", "distill.kd.temperature=4", "data=digits",
-        "report.split=test", f"hydra.run.dir={(sweep / 'best').resolve()}",
+        "python", "-m", "distill.train", "distill.kd.temperature=4", "hparams_search=pareto", "data=digits",
+        "hydra.mode=RUN", "report.split=test", f"hydra.run.dir={(sweep / 'best').resolve()}",
     ]  # fmt: skip
     assert (sweep / "best" / "rerun.log").read_text() == "training the best trial\n"
 
@@ -316,13 +316,13 @@ def test_a_rerun_that_measures_another_model_is_flagged(sweep: Path, monkeypatch
         pareto.test_best(sweep, trials[1], ["python"])
 
 
-def test_rerun_overrides_leave_out_the_search_and_credentials(tmp_path: Path) -> None:
+def test_rerun_overrides_keep_the_search_config_but_not_its_sweeper_or_credentials(tmp_path: Path) -> None:
     overrides = ["hparams_search=pareto", "+hydra.sweeper.n_trials=4", "hydra/sweeper=optuna", "hydra.mode=MULTIRUN",
                  "report.split=val", "hydra.run.dir=x", "+logger.wandb.api_key=<redacted>", "compress=[int8]",
                  "hparams_search_note=kept"]  # fmt: skip
     command = pareto.rerun_command(tmp_path, Trial(tmp_path / "0_1", 0, overrides), ["cmd"])
-    assert command == ["cmd", "compress=[int8]", "hparams_search_note=kept", "report.split=test",
-                       f"hydra.run.dir={tmp_path.resolve() / 'best'}"]  # fmt: skip
+    assert command == ["cmd", "hparams_search=pareto", "compress=[int8]", "hparams_search_note=kept",
+                       "hydra.mode=RUN", "report.split=test", f"hydra.run.dir={tmp_path.resolve() / 'best'}"]  # fmt: skip
 
 
 def test_the_command_follows_the_primary_config() -> None:
@@ -444,6 +444,8 @@ defaults:
 task_name: train
 size: 1000
 seed: 0
+report:
+  split: val
 hydra:
   sweep:
     dir: {sweep}
@@ -469,7 +471,7 @@ hydra:
 """
 
 
-def test_a_real_optuna_search_gets_its_front_and_the_rerun_drops_the_search(tmp_path: Path) -> None:
+def test_a_real_optuna_search_gets_its_front_and_its_rerun_is_one_run(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     (tmp_path / "conf" / "hparams_search").mkdir(parents=True)
     (tmp_path / "app.py").write_text(APP)
@@ -487,5 +489,10 @@ def test_a_real_optuna_search_gets_its_front_and_the_rerun_drops_the_search(tmp_
     assert (data["best"] or {}).get("bytes") == (max(within) if within else None)
     # What Hydra records of a trial: the sweeper's choice and the command line, hparams_search included.
     assert sorted(trials[0].overrides) == sorted([f"size={sizes[0]}", "hparams_search=pareto", "seed=3"])
-    command = pareto.rerun_command(sweep, trials[0], ["cmd"])
-    assert sorted(command[1:3]) == sorted([f"size={sizes[0]}", "seed=3"]) and len(command) == 5
+    command = pareto.rerun_command(sweep, trials[0], [sys.executable, "app.py"])
+    assert sorted(command[2:5]) == sorted([f"size={sizes[0]}", "hparams_search=pareto", "seed=3"])
+    assert command[5:7] == ["hydra.mode=RUN", "report.split=test"]
+    rerun = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]  # the search's config composes as one run
+    assert json.loads((sweep / "best" / "report.json").read_text())["search"]["bytes"] == sizes[0]
+    assert len(read_trials(sweep)) == 4  # no new trial

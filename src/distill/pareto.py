@@ -8,7 +8,8 @@ a `budget` entry. When the search ends, `ParetoFront` (a Hydra callback) writes 
     pareto.json   every trial with its objectives and `on_front`, the front, the best trial within the budget
     pareto.md     the front as a table, the best model (its trial folder and file), failed trials, test figures
     pareto.png    validation accuracy against bytes: the front joined and coloured by latency, the budget's lines
-    best/         the best trial rerun as one run with `report.split=test`: the only use of the test set
+    best/         the best trial rerun as one run (`hydra.mode=RUN`) with `report.split=test`: the only use of
+                  the test set
 
 The best trial is the most accurate whose model meets the budget; without a budget no single model is picked.
 """
@@ -47,7 +48,7 @@ METRIC_SENSE = {"accuracy": "maximize", "perplexity": "minimize"}
 SIZE_OBJECTIVES = ("bytes", "latency_ms")  # both minimised
 QUALITY_LIMITS = {"accuracy": ("max_accuracy_drop", -1), "perplexity": ("max_perplexity_increase", 1)}
 # Overrides the rerun leaves out: what makes the run a search, and what the rerun sets itself.
-NOT_RERUN = ("hparams_search", "hydra.sweeper", "hydra/sweeper", "hydra.mode", "hydra.run.dir", "report.split")
+NOT_RERUN = ("hydra.sweeper", "hydra/sweeper", "hydra.mode", "hydra.run.dir", "report.split")
 MODULES = {"train": "distill.train", "lm": "distill.llm.train"}  # primary config -> its command's module
 SAME_FIGURE = 1e-6  # relative tolerance of "the rerun measured the trial's validation figure again"
 
@@ -426,15 +427,16 @@ def _rerun(override: str) -> bool:
 
 
 def rerun_command(sweep_dir: Path, trial: Trial, command: Sequence[str]) -> list[str]:
-    """`command` with the trial's overrides (less the search's own: hparams_search, hydra.sweeper, hydra.mode;
-    less redacted credentials, which the rerun takes from the environment), `report.split=test` and
-    `hydra.run.dir=<sweep dir>/best`."""
+    """`command` with the trial's overrides (the `hparams_search=` config's settings stay; its sweeper's
+    overrides and redacted credentials, which the rerun takes from the environment, go), `hydra.mode=RUN` (one
+    run, not a search), `report.split=test` and `hydra.run.dir=<sweep dir>/best`."""
     if any(REDACTED in o for o in trial.overrides):
         log.warning(
             "Overrides of %s hold credentials (redacted): the rerun takes them from the environment", trial.name
         )
     run_dir = (sweep_dir / BEST_DIR).resolve()
-    return [*command, *filter(_rerun, trial.overrides), "report.split=test", f"hydra.run.dir={run_dir}"]
+    kept = list(filter(_rerun, trial.overrides))
+    return [*command, *kept, "hydra.mode=RUN", "report.split=test", f"hydra.run.dir={run_dir}"]
 
 
 def _rerun_entry(trial: Trial, report: dict[str, Any], run_dir: Path, command: Sequence[str]) -> dict[str, Any]:
