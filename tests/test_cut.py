@@ -208,3 +208,22 @@ def test_an_lm_cut_larger_than_the_teacher_is_refused(tmp_path: Path, capfd: pyt
     (tmp_path / "logs" / "cache").mkdir(parents=True)
     code, out, err = run_main(lm_main, tiny_lm_cut_job(tmp_path, "lm_student.cut.sizes.hidden_size=64"), capfd)
     assert_refused(code, out, err, "pruning target larger than the teacher", tmp_path / "logs" / "cache")
+
+
+@pytest.mark.slow
+def test_a_cut_student_with_dropout_is_the_same_whether_the_teacher_came_from_the_cache(tmp_path: Path) -> None:
+    """The cut of mlp_large keeps its dropout, which draws from torch's global generator; a teacher trained in the
+    run draws from it too, a cached one does not. Every stage is seeded, so both runs distil the same student
+    (what lets a search rerun its best trial as the same model)."""
+    from tests.conftest import compose_config
+
+    from distill.spine import run
+
+    job = ["student=pruned", "student.cut.ratio=0.8", "student.fit.epochs=2", "student.baseline=null"]
+    first = run(compose_config(tiny_job(tmp_path, *job)))
+    second = run(compose_config(tiny_job(tmp_path, *job, f"paths.output_dir={tmp_path}/run2")))
+    assert {r["model"]: r["source"] for r in second["models"]}["teacher:mlp_large"].startswith("cache")
+    a = torch.load(tmp_path / "run" / "student.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "run2" / "student.ckpt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert first["search"]["accuracy"] == second["search"]["accuracy"]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -86,6 +87,10 @@ class Job:
         """Fit `model` with the `fit` recipe: on the data alone, or distilled from `teachers` by `terms`."""
         announce_stage(self.cfg, stage, fit.epochs)  # one line instead of each Trainer's banner
         task, dm = self.task, self.dm
+        # Dropout and augmentation draw from torch's global generator: seeded here, each stage trains the same
+        # whether or not the stages before it ran in this process (a teacher or baseline from the cache draws
+        # nothing), so a rerun rebuilds the same model.
+        torch.manual_seed(int(self.cfg.seed))
         module = task.module(self.cfg, model, fit, dm, stage, teachers, terms)
         loader = check_contract(task.train_loader(dm, fit, role), Batches, f"{stage} training batches")
         task.prepare_module(module, loader)

@@ -165,9 +165,6 @@ class TextClassificationTask(ClassificationTask):
         return {"vocab_size": dm.vocab_size, "num_labels": dm.num_classes, **model_files(node.get("path"))}
 
     def module(self, cfg, model, fit, dm, stage, teachers=None, terms=None):  # noqa: ANN001, ANN201 - see Task
-        # Dropout draws from torch's global generator: seeded here, each stage trains the same whether or not
-        # the stages before it ran in this process (a teacher or baseline from the cache draws nothing).
-        torch.manual_seed(int(cfg.seed))
         init = (cfg.get("student") or {}).get("init_from_teacher")
         if init is not None and terms is not None and stage == "student" and teachers:
             name = init.get("teacher") or next(iter(teachers))
