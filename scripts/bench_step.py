@@ -68,20 +68,16 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def best_epochs(cfg, dm, teacher, epochs: int, batch: int, device: torch.device) -> list[float]:
+def hand_epochs(cfg, dm, epochs: int, device: torch.device, batches: Callable) -> list[float]:
+    """Epoch times of a hand-written loop over `batches()`: (inputs, labels, teacher logits) per step."""
     student = build_net(cfg.student.net, "student", cfg.seed, dm).to(device)
     optimizer = torch.optim.SGD(student.parameters(), lr=cfg.student.fit.optimizer.lr)
-    x, y = dm.model_inputs("train", dm.num_train).to(device), dm.tensors["y_train"].to(device)
-    with torch.no_grad():
-        cached = teacher(x)
     times = []
     for _ in range(epochs):
         sync(device)
         start = time.perf_counter()
-        order = torch.randperm(len(x), device=device)
-        for i in range(0, len(x), batch):
-            idx = order[i : i + batch]
-            loss = loss_of(student(x[idx]), y[idx], cached[idx])
+        for x, y, teacher_logits in batches():
+            loss = loss_of(student(x), y, teacher_logits)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -90,26 +86,32 @@ def best_epochs(cfg, dm, teacher, epochs: int, batch: int, device: torch.device)
     return times
 
 
+def best_epochs(cfg, dm, teacher, epochs: int, batch: int, device: torch.device) -> list[float]:
+    x, y = dm.model_inputs("train", dm.num_train).to(device), dm.tensors["y_train"].to(device)
+    with torch.no_grad():
+        cached = teacher(x)
+
+    def batches():  # index slices of in-memory tensors, the teacher's logits looked up
+        order = torch.randperm(len(x), device=device)
+        for i in range(0, len(x), batch):
+            idx = order[i : i + batch]
+            yield x[idx], y[idx], cached[idx]
+
+    return hand_epochs(cfg, dm, epochs, device, batches)
+
+
 def naive_epochs(cfg, dm, teacher, epochs: int, batch: int, device: torch.device) -> list[float]:
-    student = build_net(cfg.student.net, "student", cfg.seed, dm).to(device)
-    optimizer = torch.optim.SGD(student.parameters(), lr=cfg.student.fit.optimizer.lr)
     data = torch.utils.data.TensorDataset(dm.model_inputs("train", dm.num_train), dm.tensors["y_train"])
     loader = torch.utils.data.DataLoader(data, batch_size=batch, shuffle=True)
-    times = []
-    for _ in range(epochs):
-        sync(device)
-        start = time.perf_counter()
+
+    def batches():  # a DataLoader, the teacher run at every step
         for xb, yb in loader:
             xb, yb = xb.to(device), yb.to(device)
             with torch.no_grad():
                 teacher_logits = teacher(xb)
-            loss = loss_of(student(xb), yb, teacher_logits)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return times
+            yield xb, yb, teacher_logits  # outside no_grad: the consumer's step runs while this waits
+
+    return hand_epochs(cfg, dm, epochs, device, batches)
 
 
 def distill_epochs(cfg, dm, teacher, epochs: int, batch: int, device: torch.device) -> list[float]:
