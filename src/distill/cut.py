@@ -81,10 +81,11 @@ class ChannelCut:
         before = figures(teacher)
         if self.ratio is not None:
             ratio, model = self.ratio, prune(scored, self.ratio, example, num_classes, self.importance)
+            after = figures(model)
         else:
             check_smaller(self.limits, before)
-            ratio, model = self.search(scored, example, num_classes, figures)
-        info = {"ratio": round(ratio, 4), "importance": self.importance, "before": before, "after": figures(model)}
+            ratio, model, after = self.search(scored, example, num_classes, figures)
+        info = {"ratio": round(ratio, 4), "importance": self.importance, "before": before, "after": after}
         info["parameters"] = {"teacher": count(teacher), "student": count(model)}
         info["what"] = f"{100 * ratio:.1f}% of channels removed"
         log.info("Student cut from the teacher: %.1f%% of the channels removed, %s -> %s parameters",
@@ -93,28 +94,27 @@ class ChannelCut:
 
     def search(
         self, scored: nn.Module, example: Tensor, num_classes: int, figures: Callable[[nn.Module], dict[str, float]]
-    ) -> tuple[float, nn.Module]:
-        """The smallest share of channels removed (bisection) whose network meets every target."""
-        meets = lambda m: not over(self.limits, figures(m))  # noqa: E731
+    ) -> tuple[float, nn.Module, dict[str, float]]:
+        """The smallest share of channels removed (bisection) whose network meets every target, that network
+        and its measured figures."""
         most = largest_ratio(scored, num_classes)
         smallest = prune(scored, most, example, num_classes, self.importance)
-        if not meets(smallest):
-            shown = ", ".join(
-                f"{budget.SIZE_KEYS[k][1]} {v:,.4g}" for k, v in over(self.limits, figures(smallest)).items()
-            )
+        measured = figures(smallest)
+        if excess := over(self.limits, measured):
+            shown = ", ".join(f"{budget.SIZE_KEYS[k][1]} {v:,.4g}" for k, v in excess.items())
             raise DistillError(
                 f"student.cut: even the smallest cut of the teacher (one channel left in its narrowest layer) "
                 f"exceeds the target by {shown}; choose a larger target or a smaller architecture"
             )
-        low, high, best = 0.0, most, smallest
+        low, high, best = 0.0, most, (smallest, measured)
         for _ in range(self.steps):
             middle = (low + high) / 2
             model = prune(scored, middle, example, num_classes, self.importance)
-            if meets(model):
-                high, best = middle, model
+            if not over(self.limits, sizes := figures(model)):
+                high, best = middle, (model, sizes)
             else:
                 low = middle
-        return high, best
+        return high, *best
 
 
 def largest_ratio(model: nn.Module, num_classes: int) -> float:
