@@ -184,3 +184,45 @@ def test_validation_uses_the_teachers_cached_predictions() -> None:
     assert module._val_teacher is None  # dropped when training ends
     agreement = (module.net(val.x).argmax(-1) == teacher(val.x).argmax(-1)).float().mean()
     assert t.callback_metrics["student/val/agreement"].item() == pytest.approx(agreement.item(), abs=1e-6)
+
+
+def test_epoch_means_are_the_same_whatever_the_flush_interval(monkeypatch) -> None:
+    """Step values are summed in groups (`FLUSH_EVERY`): the logged epoch means do not depend on the group size."""
+    teacher = MLP((40,), 10, hidden=(64,))
+    logged = []
+    for every in (1, 3, 256):
+        monkeypatch.setattr(DistillationModule, "FLUSH_EVERY", every)
+        module = distiller({"t": teacher})
+        t = trainer(max_epochs=2)
+        t.fit(module, data(n=448))  # 7 steps an epoch: groups of 3 leave one step over at the epoch's end
+        logged.append({k: float(v) for k, v in t.callback_metrics.items() if "/train/" in k})
+    assert set(logged[0]) == {"student/train/hard", "student/train/kd", "student/train/loss"}
+    for other in logged[1:]:
+        assert other == pytest.approx(logged[0], rel=1e-6)
+
+
+def test_epoch_mean_is_the_mean_of_the_step_values() -> None:
+    module = distiller({"t": MLP((40,), 10, hidden=(64,))})
+    module.FLUSH_EVERY = 2
+    for v in (1.0, 2.0, 4.0, 8.0, 16.0):
+        module.accumulate({"a": torch.tensor(v), "b": torch.tensor(-v)})
+    module._flush()
+    assert module._steps == 5
+    assert (module._sums / module._steps).tolist() == pytest.approx([6.2, -6.2], rel=1e-7)
+
+
+def test_fast_attribute_path_keeps_nn_module_semantics() -> None:
+    """Plain values take a shortcut past nn.Module.__setattr__, except under a parameter's, buffer's or submodule's name."""
+    module = distiller({"t": MLP((40,), 10, hidden=(64,))})
+    module._current_fx_name = "training_step"
+    assert module.__dict__["_current_fx_name"] == "training_step"
+    module.automatic_optimization = True  # a property with a setter still runs its setter
+    assert module.automatic_optimization is True and module._automatic_optimization is True
+    module.register_buffer("scale", torch.ones(1))
+    module.scale = None  # a buffer set to None stays registered, holding None (as nn.Module does it)
+    assert "scale" in module._buffers and module._buffers["scale"] is None and "scale" not in module.__dict__
+    module.extra = nn.Linear(2, 2)
+    module.extra = None  # so does a submodule
+    assert "extra" in module._modules and module._modules["extra"] is None
+    with pytest.raises(TypeError):
+        module.net = 3  # nn.Module refuses a non-module under a submodule's name (not a plain value's path)

@@ -146,7 +146,10 @@ class DistillationModule(ClassifierModule):
             teacher_out = self._run_teachers(batch["x"])
         view = self._view(batch, student_logits, teacher_out)
         values = {name: self._term_value(term, view) for name, term in self.terms.items()}
-        total = sum(self.terms[name].weight * value for name, value in values.items())
+        weighted = [self.terms[name].weight * value for name, value in values.items()]
+        total = weighted[0]
+        for value in weighted[1:]:
+            total = total + value
         values["loss"] = total
         self.optimize(total)
         self.accumulate(values)
