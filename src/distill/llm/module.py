@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from distill.errors import DistillError
 from distill.llm.losses import IGNORE_INDEX, lm_loss
+from distill.llm.teacher_cache import CachedDistributions, TeacherOutputCache
 from distill.losses.base import LossTerm, StepView
 from distill.modules.base import TeacherStudentModule
 
@@ -72,6 +73,12 @@ class LMDistillationModule(TeacherStudentModule):
     returns (value, parts); its parts are logged as `<term>/<part>`. Teachers are
     frozen, kept out of the optimiser and out of checkpoints, and stay in eval mode; the student
     trains in train mode (dropout on) even when it was loaded in eval mode (`TeacherStudentModule`).
+
+    With `teacher_cache` (a `distill.llm.teacher_cache.TeacherOutputCache`), the teachers' next-token
+    distributions on the training sequences are read from the cache, or computed once at the start of
+    training and cached, and the token-level terms of data batches see them instead of a teacher forward
+    pass; `teacher_cache_entries` then names each entry and whether it was reused. Generated batches, and
+    runs whose terms need the teachers' hidden states, run the teachers as before.
     """
 
     def __init__(
@@ -91,6 +98,7 @@ class LMDistillationModule(TeacherStudentModule):
         pad_token_id: int = 0,
         eos_token_id: int | None = None,
         gradient_clip_val: float | None = None,
+        teacher_cache: TeacherOutputCache | None = None,
     ) -> None:
         super().__init__(student, optimizer, scheduler, teachers, prefix)
         for name, value in (("on_policy_fraction", on_policy_fraction), ("sequence_kd_fraction", sequence_kd_fraction)):
@@ -112,6 +120,9 @@ class LMDistillationModule(TeacherStudentModule):
         self._val: dict[str, float] = {}
         self.generated_batches = {"on_policy": 0, "sequence_kd": 0}
         self.gradient_clip_val = gradient_clip_val
+        self.teacher_cache = teacher_cache
+        self._cached: dict[str, CachedDistributions] | None = None
+        self.teacher_cache_entries: dict[str, dict[str, Any]] = {}  # teacher -> {"file", "reused", "top_k"}
 
     @property
     def student(self) -> nn.Module:
@@ -122,9 +133,12 @@ class LMDistillationModule(TeacherStudentModule):
     def _forward(self, model: nn.Module, batch: dict[str, Tensor], hidden: bool) -> Any:
         return model(**model_inputs(batch), output_hidden_states=hidden, use_cache=False)
 
-    def _view(self, batch: dict[str, Tensor], out_s: Any, outs_t: dict[str, Any]) -> StepView:
+    def _view(
+        self, batch: dict[str, Tensor], out_s: Any, outs_t: dict[str, Any], cached: dict[str, Tensor] | None = None
+    ) -> StepView:
+        """The step's view; `cached`: the teachers' cached next-token log-probabilities, in place of `outs_t`."""
         logits = out_s.logits[:, :-1]
-        teachers_logits = {n: o.logits[:, :-1] for n, o in outs_t.items()}
+        teachers_logits = cached if cached is not None else {n: o.logits[:, :-1] for n, o in outs_t.items()}
         teacher_logits = torch.stack(list(teachers_logits.values())).mean(0) if teachers_logits else None
         features: dict[str, Tensor] = {}
         teacher_features: dict[str, dict[str, Tensor]] = {n: {} for n in outs_t}
@@ -222,8 +236,12 @@ class LMDistillationModule(TeacherStudentModule):
         if source != "data":
             self.generated_batches[source] += 1
         out_s = self._forward(self.student, batch, self.hidden)
-        outs_t = self._teacher_outputs(batch, self.hidden) if self.teachers and self.token_level else {}
-        view = self._view(batch, out_s, outs_t)
+        cached = None
+        if self._cached is not None and source == "data" and "index" in batch:
+            cached = {n: c.log_probs(batch["index"], out_s.logits.device) for n, c in self._cached.items()}
+        needs_teachers = self.teachers and self.token_level and cached is None
+        outs_t = self._teacher_outputs(batch, self.hidden) if needs_teachers else {}
+        view = self._view(batch, out_s, outs_t, cached)
         loss = view.student_logits.new_zeros(())
         values: dict[str, Tensor] = {}
         if self.lm_weight and source != "on_policy":
@@ -253,6 +271,51 @@ class LMDistillationModule(TeacherStudentModule):
             self.clip_gradients(
                 optimizer, gradient_clip_val=value, gradient_clip_algorithm=gradient_clip_algorithm or "norm"
             )
+
+    # -- the teachers' next-token distributions computed once -----------------------------------------
+    def _why_not_cached(self, loader: Any) -> str | None:
+        """Why this fit runs the teachers at every step (None: their outputs can be cached)."""
+        if self.teacher_cache is None or not self.teachers or not self.token_level:
+            return "no cache"
+        if self.hidden:
+            return "a term needs the teachers' hidden states"
+        if self.on_policy_fraction + self.sequence_kd_fraction >= 1:
+            return "every batch is generated"
+        if isinstance(self.teachers, nn.Module):
+            return "the teachers are sharded (FSDP)"
+        if not getattr(loader, "deterministic", False) or not hasattr(loader, "attention_mask"):
+            return "the training batches are not fixed sequences"
+        return None
+
+    def on_train_start(self) -> None:
+        self._cached = None
+        loader = self.trainer.train_dataloader
+        why = self._why_not_cached(loader)
+        if why is not None:
+            if why != "no cache":
+                log.info("The teacher runs at every step: %s", why)
+            return
+        sequences = {"input_ids": loader.x, "attention_mask": loader.attention_mask}
+        if getattr(loader, "position_ids", None) is not None:
+            sequences["position_ids"] = loader.position_ids
+        rows = loader.rows if getattr(loader, "rows", None) is not None else torch.arange(len(loader.x))
+        self._cached = {}
+        for name, teacher in self.teachers.items():
+
+            def forward(inputs: dict[str, Tensor], teacher: nn.Module = teacher) -> Tensor:
+                inputs = {k: v.to(self.device) for k, v in inputs.items()}
+                with self.trainer.precision_plugin.forward_context():
+                    return teacher(**model_inputs(inputs), use_cache=False).logits
+
+            cached, path, reused = self.teacher_cache.load_or_compute(
+                name, teacher, sequences, rows, forward, loader.batch_size, str(self.trainer.precision)
+            )
+            self._cached[name] = cached
+            top_k = int(cached.values.shape[-1])
+            self.teacher_cache_entries[name] = {"file": path.name, "reused": reused, "top_k": top_k}
+
+    def on_train_end(self) -> None:
+        self._cached = None
 
     def probe(self, batch: dict[str, Tensor]) -> None:
         """Build the terms' parameters (hidden-state projections) from one batch, before the optimiser exists."""

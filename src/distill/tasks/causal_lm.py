@@ -39,6 +39,7 @@ from distill.llm.models import (
     reduce_precision,
 )
 from distill.llm.module import LMDistillationModule, model_inputs, position_nll, teacher_choice, token_stats
+from distill.llm.teacher_cache import TeacherOutputCache
 from distill.pretrained import model_files
 from distill.tasks.base import ModelSpec, RunContext, StudentSpec, Task, resolve_cut
 from distill.validate import check_lm_config
@@ -139,6 +140,13 @@ def samples(model: nn.Module, dm: Any, cfg: DictConfig) -> list[dict[str, str]]:
     return [{"prompt": dm.decode(ids[i]), "continuation": dm.decode(out[i, ids.shape[1] :])} for i in range(len(ids))]
 
 
+def teacher_cache(cfg: DictConfig) -> TeacherOutputCache | None:
+    """Where the teachers' next-token distributions are cached (`cache_teacher_outputs`, `teacher_top_k`); None: off."""
+    if not cfg.get("cache_teacher_outputs", True):
+        return None
+    return TeacherOutputCache(Path(cfg.paths.cache_dir), cfg.get("teacher_top_k", 64))
+
+
 class CausalLMTask(Task):
     """A causal LM teacher (trained here and cached, or pretrained) and student, distilled token by token."""
 
@@ -159,6 +167,7 @@ class CausalLMTask(Task):
     def check_config(self, cfg: DictConfig) -> None:
         self.cut_from = resolve_cut(cfg, "lm_student", "lm_teacher", "model")
         check_lm_config(cfg)
+        teacher_cache(cfg)  # a bad teacher_top_k is refused before any training
         self.generation_eval = GenerationEval.from_config(cfg.get("generation_eval"), seed=int(cfg.get("seed") or 0))
         self._examples, self._looked_up, self.generated = None, False, None
         check_precision(cfg.trainer.get("precision"))
@@ -253,6 +262,7 @@ class CausalLMTask(Task):
             sequence_kd_fraction=cfg.sequence_kd_fraction if teachers else 0.0,
             prompt_len=gen.prompt_len, generation_temperature=gen.temperature, seed=cfg.seed, prefix=stage,
             pad_token_id=dm.pad_token_id, eos_token_id=dm.eos_token_id, gradient_clip_val=fit.get("gradient_clip_val"),
+            teacher_cache=teacher_cache(cfg) if teachers and terms else None,
         )  # fmt: skip
         interval = fit.get("scheduler_interval") or "epoch"
         if interval not in ("epoch", "step"):
@@ -346,6 +356,7 @@ class CausalLMTask(Task):
             "distill_tokens_per_second": fit.epochs * train_tokens / context.seconds,
             "student_train_tokens": train_tokens,
             "generated_batches": dict(context.module.generated_batches),
+            "teacher_outputs": dict(context.module.teacher_cache_entries),
             "samples": {name: samples(m, dm, cfg) for name, m in context.models.items()},
         }
         lines = [f"## {name}\n" + "\n".join(f"- **{s['prompt']!r}** → {s['continuation']!r}" for s in got)

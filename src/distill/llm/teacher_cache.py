@@ -1,0 +1,229 @@
+"""The teacher's next-token distributions on the training sequences, computed once and kept on disk.
+
+A frozen teacher gives the same distribution at every position of a training sequence in every epoch,
+every run and every job of a sweep, yet running it costs a forward pass per step (for a small student,
+more than the student's own step). `TeacherOutputCache` computes the distributions once per (teacher,
+sequences, top_k), keeps them in `paths.cache_dir` beside the cached teachers, under the same rules
+(a key hashing what determines them, a file lock so that concurrent jobs compute them once, atomic
+writes, an unreadable entry moved aside and computed again), and hands each training step the rows of
+its batch.
+
+What is kept, per position: the `top_k` largest log-probabilities (at temperature 1) with their token
+ids, and the log of the probability mass of all other tokens. The losses see the distribution
+
+    p̃(v) = p(v)              for the top_k tokens,
+    p̃(v) = r / (V - top_k)   for each of the V - top_k others, r being their total mass,
+
+as log-probabilities in place of the teacher's logits (`dense_log_probs`): the same probabilities for
+the tokens that carry most of the mass, the rest's mass unchanged but spread evenly. With `top_k` equal
+to the vocabulary (`top_k: null`) p̃ = p and every loss is exact. What the approximation does to each
+token-level loss (`distill.llm.losses`), at temperature T (each loss divides the log-probabilities by
+T as it does logits, so it sees p̃ tempered):
+
+- forward KL, Σ p (log p - log q): the top_k terms are exact; the other tokens contribute
+  r·log(r / (V - k)) - (r / (V - k))·Σ log q: the student's tail is pulled towards an even share of r
+  instead of the teacher's shape of its tail;
+- reverse KL, Σ q (log q - log p): log p of each tail token is replaced by log(r / (V - k)), the log of
+  the tail's mean probability;
+- generalised JSD, skew forward and reverse KL: through the mixture β·p̃ + (1 - β)·q, with the same
+  replacement in p̃;
+- total variation, ½ Σ |p - q|: changes by at most ½ Σ_tail |p - r/(V - k)| ≤ r.
+
+tests/test_llm_teacher_cache.py measures each loss's error against the full distribution.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from filelock import FileLock, Timeout
+from torch import Tensor, nn
+
+from distill.atomic import remove_stale_temporaries, save_torch, write_text
+from distill.errors import DistillError
+from distill.model_cache import cache_key, move_aside
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1  # bump when what an entry holds changes: older entries are then not found
+
+
+def top_k_log_probs(logits: Tensor, k: int | None) -> tuple[Tensor, Tensor, Tensor]:
+    """(values, token ids, log rest) of next-token `logits` [..., V]: the k largest log-probabilities at
+    temperature 1 (float32, in decreasing order), their ids (int32), and the log of the probability mass
+    of the other tokens (-inf when k covers the vocabulary)."""
+    vocab = logits.shape[-1]
+    k = vocab if k is None else min(int(k), vocab)
+    log_p = torch.log_softmax(logits.float(), dim=-1)
+    values, ids = log_p.topk(k, dim=-1)
+    if k == vocab:
+        rest = torch.full(log_p.shape[:-1], -math.inf, device=log_p.device)
+    else:
+        rest = log_p.scatter(-1, ids, -math.inf).logsumexp(dim=-1)
+    return values, ids.to(torch.int32), rest
+
+
+def dense_log_probs(values: Tensor, ids: Tensor, rest: Tensor, vocab_size: int) -> Tensor:
+    """The distribution p̃ over the whole vocabulary ([..., V] log-probabilities) from `top_k_log_probs`:
+    the kept tokens' own log-probabilities, and the rest's mass spread evenly over the other tokens."""
+    k = values.shape[-1]
+    if k == vocab_size:
+        fill = torch.full((*values.shape[:-1], vocab_size), -math.inf, device=values.device)
+    else:
+        tail = (rest - math.log(vocab_size - k)).unsqueeze(-1)
+        fill = tail.expand(*values.shape[:-1], vocab_size).contiguous()
+    return fill.scatter(-1, ids.long(), values)
+
+
+def weights_digest(model: nn.Module) -> str:
+    """A sha256 of a model's weights and buffers (names, dtypes, shapes, bytes) and its class and config."""
+    h = hashlib.sha256(type(model).__qualname__.encode())
+    config = getattr(model, "config", None)
+    if config is not None and callable(getattr(config, "to_json_string", None)):
+        h.update(config.to_json_string(use_diff=False).encode())
+    for name, t in model.state_dict().items():
+        if not isinstance(t, Tensor):
+            continue
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.numel():
+            h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    return h.hexdigest()[:32]
+
+
+def sequences_digest(tensors: dict[str, Tensor]) -> str:
+    """A sha256 of the token tensors a teacher reads (input ids, attention mask, positions)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.numel():
+            h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    return h.hexdigest()[:32]
+
+
+@dataclass
+class CachedDistributions:
+    """One teacher's kept distributions over a set of sequences, and the map from a batch's `index` to them."""
+
+    values: Tensor  # [N, L - 1, k] float32
+    ids: Tensor  # [N, L - 1, k] int32
+    rest: Tensor  # [N, L - 1] float32
+    vocab_size: int
+    position: Tensor  # split row -> row of this cache (-1: not cached)
+
+    def log_probs(self, index: Tensor, device: torch.device) -> Tensor:
+        """p̃ ([B, L - 1, V] log-probabilities) of the batch whose split rows are `index`."""
+        index = index.cpu()
+        if int(index.max()) >= len(self.position) or bool((self.position[index] < 0).any()):
+            raise DistillError("a training batch holds sequences the teacher's cached outputs do not cover")
+        rows = self.position[index]
+        pick = lambda t: t[rows].to(device, non_blocking=True)  # noqa: E731
+        return dense_log_probs(pick(self.values), pick(self.ids), pick(self.rest), self.vocab_size)
+
+
+@dataclass
+class TeacherOutputCache:
+    """Where and how the teachers' next-token distributions are cached (`cache_teacher_outputs`, `teacher_top_k`)."""
+
+    cache_dir: Path
+    top_k: int | None = 64
+
+    def __post_init__(self) -> None:
+        if self.top_k is not None and (isinstance(self.top_k, bool) or int(self.top_k) != self.top_k or self.top_k < 1):
+            raise DistillError(
+                f"teacher_top_k must be a whole number >= 1, or null (the whole vocabulary), got {self.top_k!r}"
+            )
+        self.cache_dir = Path(self.cache_dir)
+
+    def payload(self, teacher: nn.Module, sequences: dict[str, Tensor], vocab: int, precision: str) -> dict[str, Any]:
+        """What determines the kept distributions: the cache key's content."""
+        k = vocab if self.top_k is None else min(int(self.top_k), vocab)
+        return {
+            "kind": "lm-teacher-outputs",
+            "format": FORMAT,
+            "teacher": weights_digest(teacher),
+            "sequences": sequences_digest(sequences),
+            "top_k": k,
+            "vocab_size": vocab,
+            "precision": str(precision),
+        }
+
+    def load_or_compute(
+        self,
+        name: str,
+        teacher: nn.Module,
+        sequences: dict[str, Tensor],
+        rows: Tensor,
+        forward: Any,
+        batch_size: int,
+        precision: str,
+    ) -> tuple[CachedDistributions, Path, bool]:
+        """The distributions of `teacher` on `sequences` (split rows `rows`): read from the cache, or computed
+        with `forward(inputs) -> logits` in batches of `batch_size` and cached. Returns them, the entry's
+        path and whether it was reused."""
+        with torch.no_grad():
+            vocab = int(forward({k: v[:1] for k, v in sequences.items()}).shape[-1])
+        payload = self.payload(teacher, sequences, vocab, precision)
+        key = cache_key(payload)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        path = self.cache_dir / f"lm-teacher-outputs-{name}-{key}.pt"
+        lock = FileLock(str(path) + ".lock")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log.info("Waiting for another run that is computing the teacher's outputs (%s)", path.name)
+            lock.acquire()
+        try:
+            remove_stale_temporaries(self.cache_dir)
+            entry = self._read(path) if path.exists() else None
+            reused = entry is not None
+            if entry is None:
+                entry = self._compute(sequences, forward, batch_size, payload["top_k"])
+                save_torch(entry, path)
+                write_text(path.with_suffix(".json"), json.dumps(payload, indent=2, sort_keys=True))
+            else:
+                log.info("Reusing the teacher's cached next-token distributions from %s", path)
+        finally:
+            lock.release()
+        position = torch.full((int(rows.max()) + 1 if len(rows) else 0,), -1, dtype=torch.long)
+        position[rows] = torch.arange(len(rows))
+        cached = CachedDistributions(entry["values"], entry["ids"], entry["rest"], vocab, position)
+        return cached, path, reused
+
+    @staticmethod
+    def _read(path: Path) -> dict[str, Tensor] | None:
+        try:
+            entry = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+            if not {"values", "ids", "rest"} <= set(entry):
+                raise ValueError("missing tensors")
+            return entry
+        except Exception as err:  # noqa: BLE001 - a truncated or foreign file: computed again
+            move_aside(path, str(err).splitlines()[0] if str(err) else type(err).__name__)
+            return None
+
+    @staticmethod
+    def _compute(sequences: dict[str, Tensor], forward: Any, batch_size: int, k: int) -> dict[str, Tensor]:
+        n = len(next(iter(sequences.values())))
+        log.info("Computing the teacher's next-token distributions once: %d sequences, top %d tokens kept", n, k)
+        start, parts = time.perf_counter(), {"values": [], "ids": [], "rest": []}
+        from tqdm.auto import tqdm  # noqa: PLC0415 - a progress bar in a terminal only
+
+        from distill.console import is_terminal  # noqa: PLC0415
+
+        with torch.no_grad():
+            for first in tqdm(range(0, n, batch_size), desc="teacher outputs", disable=not is_terminal(), leave=False):
+                logits = forward({k2: v[first : first + batch_size] for k2, v in sequences.items()})
+                values, ids, rest = top_k_log_probs(logits[:, :-1], k)
+                for part, t in (("values", values), ("ids", ids), ("rest", rest)):
+                    parts[part].append(t.cpu())
+        log.info("Teacher's next-token distributions computed in %.1f s", time.perf_counter() - start)
+        return {part: torch.cat(ts) for part, ts in parts.items()}
