@@ -6,7 +6,13 @@ T=4 ×0.9; SGD. Arms, each from the same student initialisation, alternating whi
 
   best    the best hand loop: teacher logits computed once, batches cut from in-memory tensors by index
   naive   the loop most people write: a DataLoader over a TensorDataset, the teacher run at every step
-  distill `distill-train`'s student stage (DistillationModule under Lightning's Trainer, no validation)
+  lightning the best loop's step in a bare LightningModule under a Trainer with no callbacks: what Lightning's
+          own per-step machinery costs (hook dispatch, the loop, the strategy and precision plugin)
+  distill `distill-train`'s student stage (DistillationModule under Lightning's Trainer with the job's default
+          callbacks: its progress bar and end-of-epoch checkpoint; no validation)
+  torchdistill  torchdistill 1.1.5's DistillationBox with its KDLoss, driven by the loop of its example script
+          (scripts/torchdistill_arm.py); offered only when torchdistill imports (`pip install -e ".[bench]"`),
+          and run only when named: --arms best torchdistill distill
 
 Prints the median epoch time of each arm at each batch size, ms per step, and each arm against the best loop.
 
@@ -30,6 +36,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -125,7 +132,52 @@ def distill_epochs(cfg, dm, teacher, epochs: int, batch: int, device: torch.devi
     return timer.times
 
 
-ARMS: dict[str, Callable] = {"best": best_epochs, "naive": naive_epochs, "distill": distill_epochs}
+class BareStep(L.LightningModule):
+    """The best loop's step in a LightningModule and nothing else: manual optimisation, no logging."""
+
+    def __init__(self, net: torch.nn.Module, cached: torch.Tensor, lr: float) -> None:
+        super().__init__()
+        self.net, self.cached, self.lr = net, cached, lr
+        self.automatic_optimization = False
+
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        optimizer = self.optimizers()
+        loss = loss_of(self.net(batch["x"]), batch["y"], self.cached[batch["index"]])
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        optimizer.step()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+def lightning_epochs(cfg, dm, teacher, epochs: int, batch: int, device: torch.device) -> list[float]:
+    """What Lightning's Trainer costs by itself: the best loop's step in a bare LightningModule, the same batches
+    as distill (TensorBatches), no callback, progress bar, checkpoint or logger."""
+    loader = dm.distill_dataloader(batch)
+    with torch.no_grad():
+        cached = teacher(loader.x.to(device))
+    student = build_net(cfg.student.net, "student", cfg.seed, dm)
+    timer = EpochTimer()
+    trainer = L.Trainer(accelerator=device.type, devices=1, max_epochs=epochs, logger=False, callbacks=[timer],
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0, default_root_dir=tempfile.mkdtemp(prefix="bench_step_bare_"))  # fmt: skip
+    trainer.fit(BareStep(student, cached, cfg.student.fit.optimizer.lr), loader)
+    return timer.times
+
+
+ARMS: dict[str, Callable] = {
+    "best": best_epochs, "naive": naive_epochs, "lightning": lightning_epochs, "distill": distill_epochs,
+}  # fmt: skip
+DEFAULT_ARMS = list(ARMS)  # the optional arm below runs only when asked for: --arms ... torchdistill
+try:  # the optional arm: `pip install -e ".[bench]"`
+    import torchdistill  # noqa: F401
+except ImportError:
+    pass
+else:
+    from torchdistill_arm import torchdistill_epochs  # noqa: E402 - the sibling script
+
+    ARMS["torchdistill"] = torchdistill_epochs
 
 
 def main() -> None:
@@ -134,7 +186,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4, help="rounds per batch size; each fits every arm")
     parser.add_argument("--epochs", type=int, default=4, help="epochs per fit; the first is a warm-up")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=DEFAULT_ARMS)
     args = parser.parse_args()
     for pattern in QUIET:
         warnings.filterwarnings("ignore", message=pattern)
@@ -144,7 +196,7 @@ def main() -> None:
         "data=file", f"data.path={workload(folder)}", "data.standardize=false", "data.val_fraction=0.1",
         "data.test_fraction=0.1", "teacher=[mlp_large]", "student=mlp", "student.fit.optimizer._target_=torch.optim.SGD",
         "~student.fit.optimizer.weight_decay", "student.fit.scheduler=null", f"paths.output_dir={folder}/run",
-        "+trainer.limit_val_batches=0", "callbacks=none", "cache_teacher_outputs=true",
+        "+trainer.limit_val_batches=0", "cache_teacher_outputs=true",
         *(["trainer=gpu"] if device.type == "cuda" else []),
     ]  # fmt: skip
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
