@@ -102,7 +102,7 @@ def best_epochs(cfg, dm, teacher, epochs: int, batch: int, device: torch.device)
         order = torch.randperm(len(x), device=device)
         for i in range(0, len(x), batch):
             idx = order[i : i + batch]
-            yield x[idx], y[idx], cached[idx]
+            yield x.index_select(0, idx), y.index_select(0, idx), cached.index_select(0, idx)
 
     return hand_epochs(cfg, dm, epochs, device, batches)
 
@@ -142,7 +142,7 @@ class BareStep(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         optimizer = self.optimizers()
-        loss = loss_of(self.net(batch["x"]), batch["y"], self.cached[batch["index"]])
+        loss = loss_of(self.net(batch["x"]), batch["y"], self.cached.index_select(0, batch["index"]))
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         optimizer.step()

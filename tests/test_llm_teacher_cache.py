@@ -106,6 +106,30 @@ def test_each_losss_error_shrinks_as_more_tokens_are_kept() -> None:
     assert errors[32]["forward_kl"] < 0.05 and errors[32]["skew_forward_kl"] < 0.05
 
 
+def test_with_the_tail_shaped_after_the_student_each_loss_is_its_value_on_k_tokens_and_one_bucket() -> None:
+    """`dense_log_probs(..., student_logits)`: every loss (each an f-divergence) is exactly the divergence between the
+    two distributions coarsened to the kept tokens and one bucket holding the rest (computed here with the loss
+    functions themselves on k + 1 "logits"); the student's own tail keeps its shape."""
+    teacher, student = peaked_logits((5, 7), seed=6), peaked_logits((5, 7), seed=7)
+    labels = torch.zeros(5, 7, dtype=torch.long)
+    for k in (4, 32):
+        values, ids, rest = top_k_log_probs(teacher, k)
+        approx = dense_log_probs(values, ids, rest, V, student_logits=student)
+        torch.testing.assert_close(approx.exp().sum(-1), torch.ones(5, 7), rtol=0, atol=1e-5)
+        log_q = torch.log_softmax(student, -1)
+        tail = torch.ones_like(log_q, dtype=torch.bool).scatter(-1, ids.long(), False)
+        coarse_p = torch.cat([values, rest.unsqueeze(-1)], -1)
+        coarse_q = torch.cat([log_q.gather(-1, ids.long()), log_q.masked_fill(~tail, -math.inf).logsumexp(-1, True)], -1)
+        coarse_labels = torch.zeros(5, 7, dtype=torch.long)
+        for name, f in LOSSES.items():
+            got = float(f(student, approx, labels))
+            want = float(f(coarse_q, coarse_p, coarse_labels))
+            assert got == pytest.approx(want, rel=1e-4, abs=1e-6), (name, k)
+    # with the whole vocabulary kept there is no bucket: the distribution itself
+    exact = dense_log_probs(*top_k_log_probs(teacher, None), V, student_logits=student)
+    torch.testing.assert_close(exact, torch.log_softmax(teacher, -1), rtol=0, atol=1e-6)
+
+
 def test_total_variation_moves_by_at_most_the_rest_mass() -> None:
     teacher, student = peaked_logits((6, 6), seed=4), peaked_logits((6, 6), seed=5)
     labels = torch.zeros(6, 6, dtype=torch.long)

@@ -74,9 +74,11 @@ class TensorBatches:
             self.epoch += 1
         else:
             order = torch.arange(len(self.x))
+        order = order.to(self.x.device)  # drawn on the CPU (the same order on any device), cut where the data are
         rank, world = self._shard()
         if world > 1:
             order = order[: self._num_rows() * world][rank::world] if self.shuffle else order[rank::world]
         for batch in range(len(self)):
             index = order[batch * self.batch_size : (batch + 1) * self.batch_size]
-            yield {"x": self.x[index], "y": self.y[index], "index": index}
+            # index_select, not x[index]: advanced indexing of a 2-D tensor costs several times more per batch
+            yield {"x": self.x.index_select(0, index), "y": self.y.index_select(0, index), "index": index}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -122,7 +123,8 @@ class LMDistillationModule(TeacherStudentModule):
         self.gradient_clip_val = gradient_clip_val
         self.teacher_cache = teacher_cache
         self._cached: dict[str, CachedDistributions] | None = None
-        self.teacher_cache_entries: dict[str, dict[str, Any]] = {}  # teacher -> {"file", "reused", "top_k"}
+        # teacher -> {"file", "reused", "top_k", "seconds" (to read or compute them)}
+        self.teacher_cache_entries: dict[str, dict[str, Any]] = {}
 
     @property
     def student(self) -> nn.Module:
@@ -238,7 +240,8 @@ class LMDistillationModule(TeacherStudentModule):
         out_s = self._forward(self.student, batch, self.hidden)
         cached = None
         if self._cached is not None and source == "data" and "index" in batch:
-            cached = {n: c.log_probs(batch["index"], out_s.logits.device) for n, c in self._cached.items()}
+            tail = out_s.logits[:, :-1] if self.teacher_cache.tail == "student" else None
+            cached = {n: c.log_probs(batch["index"], out_s.logits.device, tail) for n, c in self._cached.items()}
         needs_teachers = self.teachers and self.token_level and cached is None
         outs_t = self._teacher_outputs(batch, self.hidden) if needs_teachers else {}
         view = self._view(batch, out_s, outs_t, cached)
@@ -307,12 +310,15 @@ class LMDistillationModule(TeacherStudentModule):
                 with self.trainer.precision_plugin.forward_context():
                     return teacher(**model_inputs(inputs), use_cache=False).logits
 
+            start = time.perf_counter()
             cached, path, reused = self.teacher_cache.load_or_compute(
                 name, teacher, sequences, rows, forward, loader.batch_size, str(self.trainer.precision)
             )
             self._cached[name] = cached
-            top_k = int(cached.values.shape[-1])
-            self.teacher_cache_entries[name] = {"file": path.name, "reused": reused, "top_k": top_k}
+            self.teacher_cache_entries[name] = {
+                "file": path.name, "reused": reused, "top_k": int(cached.values.shape[-1]),
+                "seconds": round(time.perf_counter() - start, 3),
+            }  # fmt: skip
 
     def on_train_end(self) -> None:
         self._cached = None

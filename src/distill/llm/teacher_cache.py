@@ -71,16 +71,24 @@ def top_k_log_probs(logits: Tensor, k: int | None) -> tuple[Tensor, Tensor, Tens
     return values, ids.to(torch.int32), rest
 
 
-def dense_log_probs(values: Tensor, ids: Tensor, rest: Tensor, vocab_size: int) -> Tensor:
-    """The distribution p̃ over the whole vocabulary ([..., V] log-probabilities) from `top_k_log_probs`:
-    the kept tokens' own log-probabilities, and the rest's mass spread evenly over the other tokens."""
+def dense_log_probs(
+    values: Tensor, ids: Tensor, rest: Tensor, vocab_size: int, student_logits: Tensor | None = None
+) -> Tensor:
+    """The distribution p̃ over the whole vocabulary ([..., V] log-probabilities) from `top_k_log_probs`: the
+    kept tokens' own log-probabilities, and the rest's mass r spread over the other tokens, evenly or, given
+    `student_logits` ([..., V]), in proportion to the student's own probabilities of them (detached)."""
     k = values.shape[-1]
+    ids = ids.long()
     if k == vocab_size:
         fill = torch.full((*values.shape[:-1], vocab_size), -math.inf, device=values.device)
-    else:
+    elif student_logits is None:
         tail = (rest - math.log(vocab_size - k)).unsqueeze(-1)
         fill = tail.expand(*values.shape[:-1], vocab_size).contiguous()
-    return fill.scatter(-1, ids.long(), values)
+    else:
+        log_q = torch.log_softmax(student_logits.detach().float(), dim=-1)
+        log_q_tail = log_q.scatter(-1, ids, -math.inf).logsumexp(dim=-1, keepdim=True)  # the student's tail mass
+        fill = log_q + (rest.unsqueeze(-1) - log_q_tail)
+    return fill.scatter(-1, ids, values)
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -120,14 +128,15 @@ class CachedDistributions:
     vocab_size: int
     position: Tensor  # split row -> row of this cache (-1: not cached)
 
-    def log_probs(self, index: Tensor, device: torch.device) -> Tensor:
-        """p̃ ([B, L - 1, V] log-probabilities) of the batch whose split rows are `index`."""
+    def log_probs(self, index: Tensor, device: torch.device, student_logits: Tensor | None = None) -> Tensor:
+        """p̃ ([B, L - 1, V] log-probabilities) of the batch whose split rows are `index` (the tail shaped
+        after `student_logits` when given, see `dense_log_probs`)."""
         index = index.cpu()
         if int(index.max()) >= len(self.position) or bool((self.position[index] < 0).any()):
             raise DistillError("a training batch holds sequences the teacher's cached outputs do not cover")
         rows = self.position[index]
         pick = lambda t: t[rows].to(device, non_blocking=True)  # noqa: E731
-        return dense_log_probs(pick(self.values), pick(self.ids), pick(self.rest), self.vocab_size)
+        return dense_log_probs(pick(self.values), pick(self.ids), pick(self.rest), self.vocab_size, student_logits)
 
 
 @dataclass
@@ -136,6 +145,7 @@ class TeacherOutputCache:
 
     cache_dir: Path
     top_k: int | None = 64
+    tail: str = "even"  # how the rest's mass is spread: "even", or "student" (as the student spreads its own)
 
     def __post_init__(self) -> None:
         if self.top_k is not None and (isinstance(self.top_k, bool) or int(self.top_k) != self.top_k or self.top_k < 1):

@@ -141,7 +141,8 @@ class DistillationModule(ClassifierModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         student_logits = self.net(batch["x"])
         if self._cache is not None and "index" in batch:
-            teacher_out = {n: {k: v[batch["index"]] for k, v in d.items()} for n, d in self._cache.items()}
+            index = batch["index"]
+            teacher_out = {n: {k: v.index_select(0, index) for k, v in d.items()} for n, d in self._cache.items()}
         else:
             teacher_out = self._run_teachers(batch["x"])
         view = self._view(batch, student_logits, teacher_out)
@@ -171,7 +172,7 @@ class DistillationModule(ClassifierModule):
         self.log(f"{self.prefix}/val/acc", self.val_acc, prog_bar=True)
         if self.teachers:
             if self._val_teacher is not None and "index" in batch:
-                teacher = self._val_teacher[batch["index"]]
+                teacher = self._val_teacher.index_select(0, batch["index"])
             else:
                 teacher = self._view(batch, logits, self._run_teachers(batch["x"])).teacher_logits
             self.val_agreement(logits, teacher.argmax(-1))

@@ -144,7 +144,7 @@ def teacher_cache(cfg: DictConfig) -> TeacherOutputCache | None:
     """Where the teachers' next-token distributions are cached (`cache_teacher_outputs`, `teacher_top_k`); None: off."""
     if not cfg.get("cache_teacher_outputs", True):
         return None
-    return TeacherOutputCache(Path(cfg.paths.cache_dir), cfg.get("teacher_top_k", 64))
+    return TeacherOutputCache(Path(cfg.paths.cache_dir), cfg.get("teacher_top_k", 64), cfg.get("teacher_tail", "even"))
 
 
 class CausalLMTask(Task):

@@ -29,10 +29,10 @@ class SequenceBatches(TensorBatches):
             index = batch["index"]
             out = {
                 "input_ids": batch["x"],
-                "attention_mask": self.attention_mask[index],
+                "attention_mask": self.attention_mask.index_select(0, index),
                 "labels": batch["y"],
                 "index": index if self.rows is None else self.rows[index],
             }
             if self.position_ids is not None:
-                out["position_ids"] = self.position_ids[index]
+                out["position_ids"] = self.position_ids.index_select(0, index)
             yield out
