@@ -27,10 +27,10 @@ figures="$out_dir/gpu_figures.md"
 
 # name | time limit (s) | command
 STEPS=(
-  "pytest -m gpu|220|python -m pytest -m gpu -q -p no:cacheprovider -rs --durations=10"
+  "pytest -m gpu|205|python -m pytest -m gpu -q -p no:cacheprovider -rs --durations=10"
   "vision throughput, bf16, channels-last|45|python scripts/bench_vision.py --device cuda --batch 64 --steps 100 --precision bf16-mixed --channels-last"
   "vision throughput, bf16, channels-last, compile|70|python scripts/bench_vision.py --device cuda --batch 64 --steps 100 --precision bf16-mixed --channels-last --compile"
-  "per-step cost on CUDA|45|python scripts/bench_step.py --device cuda --rounds 2 --epochs 3"
+  "per-step cost on CUDA|60|python scripts/bench_step.py --device cuda --batches 64 1024 --rounds 1 --epochs 3"
   "trainer=ddp on one device|40|distill-train trainer=ddp trainer.devices=1 teacher.cnn.fit.epochs=5 student.fit.epochs=5 student.baseline.epochs=5 callbacks.progress_bar.refresh_rate=0 paths.root_dir=$out_dir/gpu_ddp"
   "distill-lm on CUDA|40|distill-lm trainer=gpu lm_teacher.fit.epochs=1 lm_student.fit.epochs=2 samples.count=0 callbacks.progress_bar.refresh_rate=0 paths.root_dir=$out_dir/gpu_lm"
 )

@@ -255,6 +255,7 @@ LM_CASES: list[tuple[str, list[str], str]] = [
     ("lm added key", ["+lm_typo=1"], "unknown config key 'lm_typo'"),
     ("lm teacher top-k 0", ["teacher_top_k=0"], "teacher_top_k must be a whole number >= 1, or null"),
     ("lm teacher top-k 2.5", ["teacher_top_k=2.5"], "teacher_top_k must be a whole number >= 1, or null"),
+    ("lm teacher tail", ["teacher_tail=flat"], "teacher_tail must be student or even, got 'flat'"),
     ("lm missing text file", ["lm_data=text", "lm_data.paths=[/no/such.txt]"], "not found"),
     (
         "lm missing teacher folder",

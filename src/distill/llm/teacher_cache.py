@@ -9,27 +9,27 @@ writes, an unreadable entry moved aside and computed again), and hands each trai
 its batch.
 
 What is kept, per position: the `top_k` largest log-probabilities (at temperature 1) with their token
-ids, and the log of the probability mass of all other tokens. The losses see the distribution
+ids, and the log of the probability mass r of all other tokens (the tail). The losses see, as
+log-probabilities in place of the teacher's logits (`dense_log_probs`), a distribution p̃ with the
+teacher's own probabilities for the kept tokens and the tail's mass r spread over the other V - k
+tokens in one of two ways (`teacher_tail`):
 
-    p̃(v) = p(v)              for the top_k tokens,
-    p̃(v) = r / (V - top_k)   for each of the V - top_k others, r being their total mass,
+- `student` (the default): as the student spreads its own tail, p̃(v) = r · q(v) / Q for a tail token,
+  Q being the student's tail mass (q detached). Every token-level loss of `distill.llm.losses` is a
+  divergence Σ_v q(v) f(p(v) / q(v)), and with this p̃ each tail token's ratio is r / Q: at
+  temperature 1, each loss is exactly its value on the two distributions coarsened to the kept tokens
+  and one token standing for the tail (the student's tail is pulled towards the teacher's tail mass,
+  its shape is left to the language-modelling loss). Forward KL, for instance, is
+  Σ_kept p log(p / q) + r log(r / Q).
+- `even`: p̃(v) = r / (V - k) for each tail token: the student's tail is pulled towards an even share of
+  r, where the teacher's tail has a shape of its own (forward KL's tail terms become
+  r log(r / (V - k)) - (r / (V - k)) Σ_tail log q; reverse KL reads log(r / (V - k)) as each tail token's
+  log p; total variation moves by at most ½ Σ_tail |p - r / (V - k)| ≤ r).
 
-as log-probabilities in place of the teacher's logits (`dense_log_probs`): the same probabilities for
-the tokens that carry most of the mass, the rest's mass unchanged but spread evenly. With `top_k` equal
-to the vocabulary (`top_k: null`) p̃ = p and every loss is exact. What the approximation does to each
-token-level loss (`distill.llm.losses`), at temperature T (each loss divides the log-probabilities by
-T as it does logits, so it sees p̃ tempered):
+At a temperature T ≠ 1 the losses temper p̃ as they would the teacher's logits. With `top_k` equal to the
+vocabulary (`teacher_top_k: null`) there is no tail: p̃ = p and every loss is exact.
 
-- forward KL, Σ p (log p - log q): the top_k terms are exact; the other tokens contribute
-  r·log(r / (V - k)) - (r / (V - k))·Σ log q: the student's tail is pulled towards an even share of r
-  instead of the teacher's shape of its tail;
-- reverse KL, Σ q (log q - log p): log p of each tail token is replaced by log(r / (V - k)), the log of
-  the tail's mean probability;
-- generalised JSD, skew forward and reverse KL: through the mixture β·p̃ + (1 - β)·q, with the same
-  replacement in p̃;
-- total variation, ½ Σ |p - q|: changes by at most ½ Σ_tail |p - r/(V - k)| ≤ r.
-
-tests/test_llm_teacher_cache.py measures each loss's error against the full distribution.
+tests/test_llm_teacher_cache.py checks both forms against the full distribution and the coarsened one.
 """
 
 from __future__ import annotations
@@ -145,13 +145,15 @@ class TeacherOutputCache:
 
     cache_dir: Path
     top_k: int | None = 64
-    tail: str = "even"  # how the rest's mass is spread: "even", or "student" (as the student spreads its own)
+    tail: str = "student"  # how the tail's mass is spread: "student" (as the student spreads its own), or "even"
 
     def __post_init__(self) -> None:
         if self.top_k is not None and (isinstance(self.top_k, bool) or int(self.top_k) != self.top_k or self.top_k < 1):
             raise DistillError(
                 f"teacher_top_k must be a whole number >= 1, or null (the whole vocabulary), got {self.top_k!r}"
             )
+        if self.tail not in ("student", "even"):
+            raise DistillError(f"teacher_tail must be student or even, got {self.tail!r}")
         self.cache_dir = Path(self.cache_dir)
 
     def payload(self, teacher: nn.Module, sequences: dict[str, Tensor], vocab: int, precision: str) -> dict[str, Any]:

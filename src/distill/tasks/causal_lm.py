@@ -141,10 +141,13 @@ def samples(model: nn.Module, dm: Any, cfg: DictConfig) -> list[dict[str, str]]:
 
 
 def teacher_cache(cfg: DictConfig) -> TeacherOutputCache | None:
-    """Where the teachers' next-token distributions are cached (`cache_teacher_outputs`, `teacher_top_k`); None: off."""
+    """Where and how the teachers' next-token distributions are cached (`cache_teacher_outputs`, `teacher_top_k`,
+    `teacher_tail`); None: off."""
     if not cfg.get("cache_teacher_outputs", True):
         return None
-    return TeacherOutputCache(Path(cfg.paths.cache_dir), cfg.get("teacher_top_k", 64), cfg.get("teacher_tail", "even"))
+    return TeacherOutputCache(
+        Path(cfg.paths.cache_dir), cfg.get("teacher_top_k", 64), cfg.get("teacher_tail", "student")
+    )
 
 
 class CausalLMTask(Task):
