@@ -84,7 +84,7 @@ def hand_epochs(cfg, dm, teachers, epochs: int) -> list[float]:
             kd = (
                 F.kl_div(
                     F.log_softmax(logits / T, -1),
-                    F.log_softmax(cached[batch["index"]] / T, -1),
+                    F.log_softmax(cached.index_select(0, batch["index"]) / T, -1),
                     reduction="batchmean",
                     log_target=True,
                 )

@@ -18,12 +18,15 @@ from distill.llm import losses as L
 from distill.llm.models import causal_lm
 from distill.llm.module import HiddenStateLoss, LMDistillationModule
 from distill.llm.teacher_cache import (
+    TAIL_FLOOR,
     TeacherOutputCache,
     dense_log_probs,
+    log_tail,
     sequences_digest,
     top_k_log_probs,
     weights_digest,
 )
+from distill.losses.base import StepView
 
 V = 256
 
@@ -119,7 +122,9 @@ def test_with_the_tail_shaped_after_the_student_each_loss_is_its_value_on_k_toke
         log_q = torch.log_softmax(student, -1)
         tail = torch.ones_like(log_q, dtype=torch.bool).scatter(-1, ids.long(), False)
         coarse_p = torch.cat([values, rest.unsqueeze(-1)], -1)
-        coarse_q = torch.cat([log_q.gather(-1, ids.long()), log_q.masked_fill(~tail, -math.inf).logsumexp(-1, True)], -1)
+        coarse_q = torch.cat(
+            [log_q.gather(-1, ids.long()), log_q.masked_fill(~tail, -math.inf).logsumexp(-1, True)], -1
+        )
         coarse_labels = torch.zeros(5, 7, dtype=torch.long)
         for name, f in LOSSES.items():
             got = float(f(student, approx, labels))
@@ -128,6 +133,70 @@ def test_with_the_tail_shaped_after_the_student_each_loss_is_its_value_on_k_toke
     # with the whole vocabulary kept there is no bucket: the distribution itself
     exact = dense_log_probs(*top_k_log_probs(teacher, None), V, student_logits=student)
     torch.testing.assert_close(exact, torch.log_softmax(teacher, -1), rtol=0, atol=1e-6)
+
+
+TERMS = {
+    "forward_kl": lambda t: L.ForwardKL(temperature=t),
+    "reverse_kl": lambda t: L.ReverseKL(temperature=t),
+    "jsd": lambda t: L.GeneralizedJSD(temperature=t, beta=0.3),
+    "skew_forward_kl": lambda t: L.SkewForwardKL(temperature=t, alpha=0.2),
+    "skew_reverse_kl": lambda t: L.SkewReverseKL(temperature=t, alpha=0.2),
+    "tv": lambda t: L.TotalVariation(temperature=t),
+}
+
+
+def view_of(student: torch.Tensor, labels: torch.Tensor, **kwargs) -> StepView:
+    return StepView(
+        student_logits=student, teacher_logits=kwargs.pop("teacher_logits", None), teachers_logits={},
+        student_features={}, teacher_features={}, targets=labels, index=None, epoch=0, **kwargs,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 0.5])
+def test_the_kept_tokens_alone_give_every_term_its_dense_value_and_gradient(temperature: float) -> None:
+    """A term given `view.teacher_top_k` (k + 1 entries, `coarse_log_probs`) computes exactly what it computes on
+    the dense distribution with the tail spread as the student's (`dense_log_probs(..., student_logits)`), value and
+    gradient, at any temperature; labels of -100 are skipped the same way."""
+    teacher = peaked_logits((4, 6), seed=8)
+    labels = torch.zeros(4, 6, dtype=torch.long)
+    labels[0, :3] = L.IGNORE_INDEX
+    for k in (8, 64):
+        kept = top_k_log_probs(teacher, k)
+        for name, make in TERMS.items():
+            term = make(temperature)
+            grads, values = [], []
+            for sparse in (False, True):
+                student = peaked_logits((4, 6), seed=9).requires_grad_(True)
+                if sparse:
+                    view = view_of(student, labels, teacher_top_k=kept)
+                else:
+                    view = view_of(student, labels, teacher_logits=dense_log_probs(*kept, V, student_logits=student))
+                value = term(view)
+                value.backward()
+                values.append(float(value))
+                grads.append(student.grad)
+            assert values[1] == pytest.approx(values[0], rel=2e-4, abs=1e-6), (name, k)
+            torch.testing.assert_close(grads[1], grads[0], rtol=2e-3, atol=2e-6, msg=f"{name}, k={k}")
+
+
+def test_the_tail_mass_from_the_kept_tokens_alone() -> None:
+    log_p = torch.log_softmax(peaked_logits((3, 4), seed=10), -1)
+    kept = log_p.topk(20, -1).values
+    want = log_p.topk(V, -1).values[..., 20:].logsumexp(-1, keepdim=True)
+    torch.testing.assert_close(log_tail(kept, V), want, rtol=0, atol=1e-5)
+    assert bool(torch.isinf(log_tail(log_p, V)).all())  # every token kept: no tail
+    nearly_all = torch.log_softmax(torch.tensor([[30.0, 30.0, -30.0]]), -1)[:, :2]
+    assert float(log_tail(nearly_all, 3)) == pytest.approx(math.log(TAIL_FLOOR), abs=1e-3)  # floored, finite
+
+
+def test_a_term_that_reads_dense_logits_only_is_refused_the_kept_tokens() -> None:
+    class Dense(L.TokenDivergence):
+        def divergence(self, s, t, labels, temperature=None):
+            return (s - t).pow(2).mean()
+
+    student, labels = peaked_logits((2, 3)), torch.zeros(2, 3, dtype=torch.long)
+    with pytest.raises(DistillError, match="reads the teacher's dense logits only"):
+        Dense()(view_of(student, labels, teacher_top_k=top_k_log_probs(peaked_logits((2, 3), seed=1), 4)))
 
 
 def test_total_variation_moves_by_at_most_the_rest_mass() -> None:
@@ -300,6 +369,27 @@ def test_with_the_whole_vocabulary_cached_training_matches_running_the_teacher(t
     assert len(calls) == 1  # a second run reads the entry: the probe only
 
 
+def test_the_kept_tokens_alone_train_the_student_as_the_dense_distribution_does(tmp_path: Path) -> None:
+    """With the tail spread as the student's, the terms read the kept tokens alone (no [B, L, V] teacher tensor);
+    the student trains as with the dense distribution. A term that cannot read them gets the dense one."""
+    teacher = tiny_teacher()
+    cache = TeacherOutputCache(tmp_path, top_k=16, tail="student")
+    sparse, dense = lm_module(teacher, cache), lm_module(teacher, cache)
+    assert sparse._sparse
+    dense._sparse = False
+    for module in (sparse, dense):
+        fit(module)
+    for a, b in zip(sparse.student.parameters(), dense.student.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+
+    class Dense(L.TokenDivergence):
+        def divergence(self, s, t, labels, temperature=None):
+            return L.forward_kl(s, t, labels)
+
+    assert not lm_module(teacher, cache, terms={"d": Dense()})._sparse
+    assert not lm_module(teacher, TeacherOutputCache(tmp_path, top_k=16, tail="even"))._sparse
+
+
 def test_generated_batches_and_hidden_states_still_run_the_teacher(tmp_path: Path) -> None:
     teacher = tiny_teacher()
     calls = teacher_calls(teacher)
@@ -335,7 +425,7 @@ def test_the_job_reuses_the_outputs_across_runs_and_reports_them(tmp_path: Path)
     entries = [r["teacher_outputs"]["tiny_llama"] for r in reports]
     assert [e["reused"] for e in entries] == [False, True, False]
     assert entries[0]["file"] == entries[1]["file"] != entries[2]["file"]
-    assert [e["top_k"] for e in entries] == [64, 64, 8]
+    assert [e["top_k"] for e in entries] == [256, 256, 8]
     ppl = [{m["model"]: m["perplexity"] for m in r["models"]} for r in reports]
     assert ppl[0] == ppl[1]  # the same student, from the computed and from the reused entry
     assert ppl[2]["student"] != ppl[0]["student"]

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from distill.errors import DistillError
+from distill.llm.teacher_cache import coarse_log_probs
 from distill.losses.base import LossTerm, StepView
 from distill.validate import number
 
@@ -250,10 +251,23 @@ class TokenDivergence(LossTerm):
         super().__init__(weight)
         self.temperature = _check_temperature(type(self).__name__, temperature)
 
-    def divergence(self, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor) -> Tensor:
+    #: whether `divergence` takes `temperature` and may be given the teacher's kept tokens (`view.teacher_top_k`) as
+    #: k + 1 log-probabilities (`distill.llm.teacher_cache.coarse_log_probs`); a subclass without it is given the
+    #: dense [B, L, V] distribution instead
+    reads_top_k = False
+
+    def divergence(
+        self, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, temperature: float | None = None
+    ) -> Tensor:
+        """The divergence at `temperature` (None: the term's own)."""
         raise NotImplementedError
 
     def forward(self, view: StepView) -> Tensor:
+        if view.teacher_top_k is not None:  # the teacher's kept tokens (distill.llm.teacher_cache)
+            if not self.reads_top_k:
+                raise DistillError(f"{type(self).__name__} reads the teacher's dense logits only (reads_top_k = False)")
+            student, teacher = coarse_log_probs(view.student_logits, *view.teacher_top_k, self.temperature)
+            return self.divergence(student, teacher, view.targets, temperature=1.0)  # both sides tempered already
         if view.teacher_logits is None:
             raise DistillError(f"{type(self).__name__} needs a teacher, and this run has none")
         return self.divergence(view.student_logits, view.teacher_logits, view.targets)
@@ -262,51 +276,67 @@ class TokenDivergence(LossTerm):
 class ForwardKL(TokenDivergence):
     """KL(p_teacher || q_student) per token (`forward_kl`): mode-covering."""
 
-    def divergence(self, s: Tensor, t: Tensor, labels: Tensor) -> Tensor:
-        return forward_kl(s, t, labels, self.temperature)
+    reads_top_k = True
+
+    def divergence(self, s: Tensor, t: Tensor, labels: Tensor, temperature: float | None = None) -> Tensor:
+        t_ = self.temperature if temperature is None else temperature
+        return forward_kl(s, t, labels, t_)
 
 
 class ReverseKL(TokenDivergence):
     """KL(q_student || p_teacher) per token (`reverse_kl`): mode-seeking (MiniLLM's token-level objective)."""
 
-    def divergence(self, s: Tensor, t: Tensor, labels: Tensor) -> Tensor:
-        return reverse_kl(s, t, labels, self.temperature)
+    reads_top_k = True
+
+    def divergence(self, s: Tensor, t: Tensor, labels: Tensor, temperature: float | None = None) -> Tensor:
+        t_ = self.temperature if temperature is None else temperature
+        return reverse_kl(s, t, labels, t_)
 
 
 class GeneralizedJSD(TokenDivergence):
     """The generalised Jensen-Shannon divergence with `beta` (`generalized_jsd`; GKD, Agarwal et al. 2024)."""
 
+    reads_top_k = True
+
     def __init__(self, weight: float = 1.0, temperature: float = 1.0, beta: float = 0.5) -> None:
         super().__init__(weight, temperature)
         self.beta = _check_beta(type(self).__name__, beta)
 
-    def divergence(self, s: Tensor, t: Tensor, labels: Tensor) -> Tensor:
-        return generalized_jsd(s, t, labels, self.beta, self.temperature)
+    def divergence(self, s: Tensor, t: Tensor, labels: Tensor, temperature: float | None = None) -> Tensor:
+        t_ = self.temperature if temperature is None else temperature
+        return generalized_jsd(s, t, labels, self.beta, t_)
 
 
 class SkewForwardKL(TokenDivergence):
     """Skew KL with `alpha` (`skew_forward_kl`; DistiLLM, Ko et al. 2024)."""
 
+    reads_top_k = True
+
     def __init__(self, weight: float = 1.0, temperature: float = 1.0, alpha: float = 0.1) -> None:
         super().__init__(weight, temperature)
         self.alpha = _check_alpha(type(self).__name__, alpha)
 
-    def divergence(self, s: Tensor, t: Tensor, labels: Tensor) -> Tensor:
-        return skew_forward_kl(s, t, labels, self.alpha, self.temperature)
+    def divergence(self, s: Tensor, t: Tensor, labels: Tensor, temperature: float | None = None) -> Tensor:
+        t_ = self.temperature if temperature is None else temperature
+        return skew_forward_kl(s, t, labels, self.alpha, t_)
 
 
 class SkewReverseKL(SkewForwardKL):
     """Skew reverse KL with `alpha` (`skew_reverse_kl`; DistiLLM, Ko et al. 2024)."""
 
-    def divergence(self, s: Tensor, t: Tensor, labels: Tensor) -> Tensor:
-        return skew_reverse_kl(s, t, labels, self.alpha, self.temperature)
+    def divergence(self, s: Tensor, t: Tensor, labels: Tensor, temperature: float | None = None) -> Tensor:
+        t_ = self.temperature if temperature is None else temperature
+        return skew_reverse_kl(s, t, labels, self.alpha, t_)
 
 
 class TotalVariation(TokenDivergence):
     """Total variation distance per token (`total_variation`)."""
 
-    def divergence(self, s: Tensor, t: Tensor, labels: Tensor) -> Tensor:
-        return total_variation(s, t, labels, self.temperature)
+    reads_top_k = True
+
+    def divergence(self, s: Tensor, t: Tensor, labels: Tensor, temperature: float | None = None) -> Tensor:
+        t_ = self.temperature if temperature is None else temperature
+        return total_variation(s, t, labels, t_)
 
 
 class LMLoss(LossTerm):

@@ -3,6 +3,7 @@ sequence-level batches, perplexity and next-token agreement."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -123,6 +124,11 @@ class LMDistillationModule(TeacherStudentModule):
         self.gradient_clip_val = gradient_clip_val
         self.teacher_cache = teacher_cache
         self._cached: dict[str, CachedDistributions] | None = None
+        # one teacher, its tail spread as the student's, every token-level term able to read the kept tokens alone
+        self._sparse = (
+            teacher_cache is not None and teacher_cache.tail == "student" and len(self.teachers) == 1
+            and all(getattr(t, "reads_top_k", False) for t in self.terms.values() if not getattr(t, "sequence_level", False))
+        )  # fmt: skip
         # teacher -> {"file", "reused", "top_k", "seconds" (to read or compute them)}
         self.teacher_cache_entries: dict[str, dict[str, Any]] = {}
 
@@ -238,13 +244,19 @@ class LMDistillationModule(TeacherStudentModule):
         if source != "data":
             self.generated_batches[source] += 1
         out_s = self._forward(self.student, batch, self.hidden)
-        cached = None
+        cached, top_k = None, None
         if self._cached is not None and source == "data" and "index" in batch:
-            tail = out_s.logits[:, :-1] if self.teacher_cache.tail == "student" else None
-            cached = {n: c.log_probs(batch["index"], out_s.logits.device, tail) for n, c in self._cached.items()}
-        needs_teachers = self.teachers and self.token_level and cached is None
+            device = out_s.logits.device
+            if self._sparse:  # each term on the kept tokens and one bucket: no [B, L, V] teacher tensor
+                top_k = next(iter(self._cached.values())).top_k(batch["index"], device)
+            else:
+                tail = out_s.logits[:, :-1] if self.teacher_cache.tail == "student" else None
+                cached = {n: c.log_probs(batch["index"], device, tail) for n, c in self._cached.items()}
+        needs_teachers = self.teachers and self.token_level and cached is None and top_k is None
         outs_t = self._teacher_outputs(batch, self.hidden) if needs_teachers else {}
         view = self._view(batch, out_s, outs_t, cached)
+        if top_k is not None:
+            view = dataclasses.replace(view, teacher_top_k=top_k)
         loss = view.student_logits.new_zeros(())
         values: dict[str, Tensor] = {}
         if self.lm_weight and source != "on_policy":

@@ -91,6 +91,51 @@ def dense_log_probs(
     return fill.scatter(-1, ids, values)
 
 
+#: the smallest tail mass `log_tail` resolves: below it, 1 - Σ_kept q is lost to float32 rounding
+TAIL_FLOOR = 1e-6
+
+
+def log_tail(kept: Tensor, vocab_size: int) -> Tensor:
+    """log(1 - Σ exp(kept)) ([..., 1]): the log of the mass outside the kept tokens, from their log-probabilities
+    alone (no pass over the vocabulary); at least log TAIL_FLOOR, and -inf when every token is kept."""
+    if kept.shape[-1] == vocab_size:
+        return torch.full_like(kept[..., :1], -math.inf)
+    total = kept.logsumexp(dim=-1, keepdim=True).clamp(max=math.log1p(-TAIL_FLOOR))
+    # log(1 - e^x), stable on both sides of x = -ln 2 (Mächler 2012)
+    return torch.where(total > -math.log(2), torch.log(-torch.expm1(total)), torch.log1p(-torch.exp(total)))
+
+
+def coarse_log_probs(
+    student_logits: Tensor, values: Tensor, ids: Tensor, rest: Tensor, temperature: float = 1.0
+) -> tuple[Tensor, Tensor]:
+    """The student's and the teacher's distributions at temperature T over the kept tokens and one bucket for the
+    tail ([..., k + 1] log-probabilities, the bucket last), the teacher's being `dense_log_probs(..., student_logits)`
+    (its tail spread as the student spreads its own, the student detached there) tempered.
+
+    Each token-level loss (a divergence Σ q f(p / q)) on these k + 1 entries equals the loss on the two dense
+    [..., V] distributions, at any temperature: p̃_T / q_T is the same on every tail token. No [..., V] tensor
+    is built but the student's own log-probabilities (two passes over the vocabulary at T = 1, three otherwise).
+    """
+    s = student_logits.float()
+    ids = ids.long()
+    log_qt = torch.log_softmax(s / temperature if temperature != 1 else s, dim=-1)
+    kept_qt = log_qt.gather(-1, ids)
+    tail_qt = log_tail(kept_qt, s.shape[-1])  # log Σ_tail q_T
+    student = torch.cat([kept_qt, tail_qt], dim=-1)
+    with torch.no_grad():  # the teacher's side: the student's tail shape only, detached
+        if temperature == 1:
+            tail_p = rest.unsqueeze(-1)
+        else:
+            # Σ_tail p̃^(1/T) = (r / Q)^(1/T) Σ_tail q^(1/T), with Q = Σ_tail q at T = 1 and
+            # log Σ_tail q^(1/T) = log Σ_tail q_T + lse(s / T) - lse(s) / T
+            lse, lse_t = s.logsumexp(-1, keepdim=True), (s / temperature).logsumexp(-1, keepdim=True)
+            log_q_tail = s.scatter(-1, ids, -math.inf).logsumexp(-1, keepdim=True) - lse
+            tail_p = (rest.unsqueeze(-1) - log_q_tail) / temperature + tail_qt + lse_t - lse / temperature
+        teacher = torch.cat([values / temperature, tail_p], dim=-1)
+        teacher = teacher - teacher.logsumexp(-1, keepdim=True)
+    return student, teacher
+
+
 def weights_digest(model: nn.Module) -> str:
     """A sha256 of a model's weights and buffers (names, dtypes, shapes, bytes) and its class and config."""
     h = hashlib.sha256(type(model).__qualname__.encode())
@@ -128,15 +173,22 @@ class CachedDistributions:
     vocab_size: int
     position: Tensor  # split row -> row of this cache (-1: not cached)
 
-    def log_probs(self, index: Tensor, device: torch.device, student_logits: Tensor | None = None) -> Tensor:
-        """p̃ ([B, L - 1, V] log-probabilities) of the batch whose split rows are `index` (the tail shaped
-        after `student_logits` when given, see `dense_log_probs`)."""
+    def top_k(self, index: Tensor, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        """(values, token ids, log tail mass) of the batch whose split rows are `index`, on `device`."""
+        rows = self._rows(index)
+        return tuple(t.index_select(0, rows).to(device, non_blocking=True) for t in (self.values, self.ids, self.rest))
+
+    def _rows(self, index: Tensor) -> Tensor:
         index = index.cpu()
         if int(index.max()) >= len(self.position) or bool((self.position[index] < 0).any()):
             raise DistillError("a training batch holds sequences the teacher's cached outputs do not cover")
-        rows = self.position[index]
-        pick = lambda t: t[rows].to(device, non_blocking=True)  # noqa: E731
-        return dense_log_probs(pick(self.values), pick(self.ids), pick(self.rest), self.vocab_size, student_logits)
+        return self.position[index]
+
+    def log_probs(self, index: Tensor, device: torch.device, student_logits: Tensor | None = None) -> Tensor:
+        """p̃ ([B, L - 1, V] log-probabilities) of the batch whose split rows are `index` (the tail shaped
+        after `student_logits` when given, see `dense_log_probs`)."""
+        values, ids, rest = self.top_k(index, device)
+        return dense_log_probs(values, ids, rest, self.vocab_size, student_logits)
 
 
 @dataclass
@@ -144,7 +196,7 @@ class TeacherOutputCache:
     """Where and how the teachers' next-token distributions are cached (`cache_teacher_outputs`, `teacher_top_k`)."""
 
     cache_dir: Path
-    top_k: int | None = 64
+    top_k: int | None = 256
     tail: str = "student"  # how the tail's mass is spread: "student" (as the student spreads its own), or "even"
 
     def __post_init__(self) -> None:

@@ -32,6 +32,10 @@ class StepView:
     # Which input positions are real (1) and which are padding (0), for sequence inputs ([batch, length],
     # unshifted); None for inputs without padding.
     attention_mask: Tensor | None = None
+    # The teacher's next-token distributions as kept by distill.llm.teacher_cache, (values, token ids, log tail
+    # mass) of its top k tokens per position, in place of `teacher_logits` (then None); read by the terms that
+    # can use them (distill.llm.losses.TokenDivergence): each loss on the kept tokens and one bucket for the tail.
+    teacher_top_k: tuple[Tensor, Tensor, Tensor] | None = None
 
 
 class LossTerm(nn.Module):

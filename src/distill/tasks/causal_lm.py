@@ -146,7 +146,7 @@ def teacher_cache(cfg: DictConfig) -> TeacherOutputCache | None:
     if not cfg.get("cache_teacher_outputs", True):
         return None
     return TeacherOutputCache(
-        Path(cfg.paths.cache_dir), cfg.get("teacher_top_k", 64), cfg.get("teacher_tail", "student")
+        Path(cfg.paths.cache_dir), cfg.get("teacher_top_k", 256), cfg.get("teacher_tail", "student")
     )
 
 
