@@ -136,6 +136,14 @@ def coarse_log_probs(
     return student, teacher
 
 
+def _hash_tensor(h: Any, name: str, t: Tensor) -> None:
+    """Add a tensor's name, dtype, shape and bytes to the hash `h` (any dtype: bf16 too)."""
+    t = t.detach().cpu().contiguous()
+    h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+    if t.numel():
+        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+
+
 def weights_digest(model: nn.Module) -> str:
     """A sha256 of a model's weights and buffers (names, dtypes, shapes, bytes) and its class and config."""
     h = hashlib.sha256(type(model).__qualname__.encode())
@@ -143,12 +151,8 @@ def weights_digest(model: nn.Module) -> str:
     if config is not None and callable(getattr(config, "to_json_string", None)):
         h.update(config.to_json_string(use_diff=False).encode())
     for name, t in model.state_dict().items():
-        if not isinstance(t, Tensor):
-            continue
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        if t.numel():
-            h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+        if isinstance(t, Tensor):
+            _hash_tensor(h, name, t)
     return h.hexdigest()[:32]
 
 
@@ -156,10 +160,7 @@ def sequences_digest(tensors: dict[str, Tensor]) -> str:
     """A sha256 of the token tensors a teacher reads (input ids, attention mask, positions)."""
     h = hashlib.sha256()
     for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        if t.numel():
-            h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+        _hash_tensor(h, name, tensors[name])
     return h.hexdigest()[:32]
 
 
