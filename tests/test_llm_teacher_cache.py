@@ -429,3 +429,18 @@ def test_the_job_reuses_the_outputs_across_runs_and_reports_them(tmp_path: Path)
     ppl = [{m["model"]: m["perplexity"] for m in r["models"]} for r in reports]
     assert ppl[0] == ppl[1]  # the same student, from the computed and from the reused entry
     assert ppl[2]["student"] != ppl[0]["student"]
+
+
+def test_a_fast_dev_run_does_not_compute_the_outputs(tmp_path: Path) -> None:
+    import lightning
+
+    from distill.llm.data.batches import SequenceBatches
+
+    teacher = tiny_teacher()
+    calls = teacher_calls(teacher)
+    module = lm_module(teacher, TeacherOutputCache(tmp_path / "c", top_k=8))
+    seqs = sequences(n=24)
+    loader = SequenceBatches({**seqs, "labels": seqs["input_ids"].clone()}, 8, shuffle=True)
+    lightning.Trainer(accelerator="cpu", fast_dev_run=True, logger=False, enable_progress_bar=False).fit(module, loader)
+    assert module.teacher_cache_entries == {} and not (tmp_path / "c").exists()
+    assert len(calls) == 1  # the one training batch ran the teacher

@@ -298,6 +298,8 @@ class LMDistillationModule(TeacherStudentModule):
             return "every batch is generated"
         if isinstance(self.teachers, nn.Module):
             return "the teachers are sharded (FSDP)"
+        if self._trainer is not None and self.trainer.fast_dev_run:
+            return "a fast_dev_run trains on a batch or two"
         if not getattr(loader, "deterministic", False) or not hasattr(loader, "attention_mask"):
             return "the training batches are not fixed sequences"
         return None
