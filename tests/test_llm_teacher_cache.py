@@ -444,3 +444,12 @@ def test_a_fast_dev_run_does_not_compute_the_outputs(tmp_path: Path) -> None:
     lightning.Trainer(accelerator="cpu", fast_dev_run=True, logger=False, enable_progress_bar=False).fit(module, loader)
     assert module.teacher_cache_entries == {} and not (tmp_path / "c").exists()
     assert len(calls) == 1  # the one training batch ran the teacher
+
+
+def test_the_lm_loss_from_log_probabilities_the_step_computed_once() -> None:
+    logits = peaked_logits((3, 5), seed=11)
+    labels = torch.randint(0, V, (3, 5), generator=torch.Generator().manual_seed(0))
+    labels[1, 2:] = L.IGNORE_INDEX
+    want = L.lm_loss(logits, labels)
+    got = L.lm_loss(torch.log_softmax(logits, -1), labels, log_probs=True)
+    assert float(got) == pytest.approx(float(want), rel=1e-6)

@@ -218,18 +218,18 @@ def total_variation(student_logits: Tensor, teacher_logits: Tensor, labels: Tens
     return _masked_mean(per_token, labels)
 
 
-def lm_loss(student_logits: Tensor, labels: Tensor) -> Tensor:
+def lm_loss(student_logits: Tensor, labels: Tensor, log_probs: bool = False) -> Tensor:
     """Causal LM cross-entropy −log q_s(labels[i]) at T = 1, mean over valid tokens.
 
     Logits and labels must already be aligned (position i predicts labels[i]; shift before
     calling); IGNORE_INDEX (-100) positions are skipped. Computed in float32 at least. A batch
-    without a valid token gives 0 with a grad_fn.
+    without a valid token gives 0 with a grad_fn. `log_probs`: `student_logits` are log_softmax's
+    output already (the step computed them once for several terms), read as they are.
     """
     _check_shapes("lm_loss", student_logits, None, labels)
     logits = student_logits.float() if student_logits.dtype in (torch.float16, torch.bfloat16) else student_logits
-    total = F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
-    )
+    loss = F.nll_loss if log_probs else F.cross_entropy
+    total = loss(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
     return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
 
 
@@ -266,7 +266,9 @@ class TokenDivergence(LossTerm):
         if view.teacher_top_k is not None:  # the teacher's kept tokens (distill.llm.teacher_cache)
             if not self.reads_top_k:
                 raise DistillError(f"{type(self).__name__} reads the teacher's dense logits only (reads_top_k = False)")
-            student, teacher = coarse_log_probs(view.student_logits, *view.teacher_top_k, self.temperature)
+            student, teacher = coarse_log_probs(
+                view.student_logits, *view.teacher_top_k, self.temperature, view.student_log_probs
+            )
             return self.divergence(student, teacher, view.targets, temperature=1.0)  # both sides tempered already
         if view.teacher_logits is None:
             raise DistillError(f"{type(self).__name__} needs a teacher, and this run has none")

@@ -255,12 +255,16 @@ class LMDistillationModule(TeacherStudentModule):
         needs_teachers = self.teachers and self.token_level and cached is None and top_k is None
         outs_t = self._teacher_outputs(batch, self.hidden) if needs_teachers else {}
         view = self._view(batch, out_s, outs_t, cached)
-        if top_k is not None:
-            view = dataclasses.replace(view, teacher_top_k=top_k)
+        if top_k is not None:  # one log_softmax of the student's logits for the LM loss and every term
+            log_q = torch.log_softmax(view.student_logits.float(), dim=-1)
+            view = dataclasses.replace(view, teacher_top_k=top_k, student_log_probs=log_q)
         loss = view.student_logits.new_zeros(())
         values: dict[str, Tensor] = {}
         if self.lm_weight and source != "on_policy":
-            values["lm"] = lm_loss(view.student_logits, view.targets)
+            if view.student_log_probs is not None:
+                values["lm"] = lm_loss(view.student_log_probs, view.targets, log_probs=True)
+            else:
+                values["lm"] = lm_loss(view.student_logits, view.targets)
             loss = loss + self.lm_weight * values["lm"]
         parts: dict[str, Tensor] = {}
         for name, term in self.terms.items():

@@ -106,7 +106,12 @@ def log_tail(kept: Tensor, vocab_size: int) -> Tensor:
 
 
 def coarse_log_probs(
-    student_logits: Tensor, values: Tensor, ids: Tensor, rest: Tensor, temperature: float = 1.0
+    student_logits: Tensor,
+    values: Tensor,
+    ids: Tensor,
+    rest: Tensor,
+    temperature: float = 1.0,
+    student_log_probs: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The student's and the teacher's distributions at temperature T over the kept tokens and one bucket for the
     tail ([..., k + 1] log-probabilities, the bucket last), the teacher's being `dense_log_probs(..., student_logits)`
@@ -114,11 +119,15 @@ def coarse_log_probs(
 
     Each token-level loss (a divergence Σ q f(p / q)) on these k + 1 entries equals the loss on the two dense
     [..., V] distributions, at any temperature: p̃_T / q_T is the same on every tail token. No [..., V] tensor
-    is built but the student's own log-probabilities (two passes over the vocabulary at T = 1, three otherwise).
+    is built but the student's own log-probabilities (`student_log_probs`: log_softmax(student_logits) at
+    temperature 1, when the step computed it already).
     """
     s = student_logits.float()
     ids = ids.long()
-    log_qt = torch.log_softmax(s / temperature if temperature != 1 else s, dim=-1)
+    if temperature == 1 and student_log_probs is not None:
+        log_qt = student_log_probs
+    else:
+        log_qt = torch.log_softmax(s / temperature if temperature != 1 else s, dim=-1)
     kept_qt = log_qt.gather(-1, ids)
     tail_qt = log_tail(kept_qt, s.shape[-1])  # log Σ_tail q_T
     student = torch.cat([kept_qt, tail_qt], dim=-1)

@@ -36,6 +36,9 @@ class StepView:
     # mass) of its top k tokens per position, in place of `teacher_logits` (then None); read by the terms that
     # can use them (distill.llm.losses.TokenDivergence): each loss on the kept tokens and one bucket for the tail.
     teacher_top_k: tuple[Tensor, Tensor, Tensor] | None = None
+    # log_softmax(student_logits) in float32, when the step computed it for several terms (the LM loss and the
+    # terms reading `teacher_top_k`); None otherwise
+    student_log_probs: Tensor | None = None
 
 
 class LossTerm(nn.Module):
