@@ -83,11 +83,24 @@ def _log_probs(logits: Tensor, temperature: float) -> Tensor:
 
 
 def _prepare(
-    owner: str, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, temperature: float
+    owner: str,
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    labels: Tensor,
+    temperature: float,
+    log_probs: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """(log q_student, log p_teacher) at temperature T, after checking shapes; the teacher detached."""
+    """(log q_student, log p_teacher) at temperature T, after checking shapes; the teacher detached.
+
+    `log_probs`: both inputs are log-probabilities at the wanted temperature already (T must be 1), read as
+    they are (`TokenDivergence` on the teacher's kept tokens).
+    """
     _check_shapes(owner, student_logits, teacher_logits, labels)
     temperature = _check_temperature(owner, temperature)
+    if log_probs:
+        if temperature != 1:
+            raise DistillError(f"{owner}: log-probabilities are given at their temperature already (T must be 1)")
+        return student_logits.float(), teacher_logits.detach().float()
     log_q = _log_probs(student_logits, temperature)
     log_p = _log_probs(teacher_logits.detach(), temperature).to(log_q.dtype)
     return log_q, log_p
@@ -132,29 +145,38 @@ def _masked_mean(per_token: Tensor, labels: Tensor) -> Tensor:
 # -- the divergences ----------------------------------------------------------------------------
 
 
-def forward_kl(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, temperature: float = 1.0) -> Tensor:
+def forward_kl(
+    student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, temperature: float = 1.0, log_probs: bool = False
+) -> Tensor:
     """Forward KL(p_T ‖ q_S) = Σ_v p_t (log p_t − log q_s), mean over valid tokens; no T² factor.
 
     Mode-covering: the student is pushed to put mass wherever the teacher does. This is the
     token-level "supervised KD" objective (Sanh et al.; Kim & Rush's word-level KD).
     """
-    log_q, log_p = _prepare("forward_kl", student_logits, teacher_logits, labels, temperature)
+    log_q, log_p = _prepare("forward_kl", student_logits, teacher_logits, labels, temperature, log_probs)
     return _masked_mean(_kl_per_token(log_p, log_q), labels)
 
 
-def reverse_kl(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, temperature: float = 1.0) -> Tensor:
+def reverse_kl(
+    student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, temperature: float = 1.0, log_probs: bool = False
+) -> Tensor:
     """Reverse KL(q_S ‖ p_T) = Σ_v q_s (log q_s − log p_t), mean over valid tokens; no T² factor.
 
     Mode-seeking (MiniLLM, Gu et al. 2024). It is +inf where the teacher gives probability 0
     (logit −inf) to a token the student does not exclude: mask the student's logits the same
     way when the teacher's vocabulary is masked.
     """
-    log_q, log_p = _prepare("reverse_kl", student_logits, teacher_logits, labels, temperature)
+    log_q, log_p = _prepare("reverse_kl", student_logits, teacher_logits, labels, temperature, log_probs)
     return _masked_mean(_kl_per_token(log_q, log_p), labels)
 
 
 def generalized_jsd(
-    student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, beta: float = 0.5, temperature: float = 1.0
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    labels: Tensor,
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    log_probs: bool = False,
 ) -> Tensor:
     """Generalized Jensen-Shannon divergence of GKD (Agarwal et al. 2024), mean over valid tokens; no T² factor.
 
@@ -171,17 +193,22 @@ def generalized_jsd(
     """
     beta = _check_beta("generalized_jsd", beta)
     if beta == 0:
-        return forward_kl(student_logits, teacher_logits, labels, temperature)
+        return forward_kl(student_logits, teacher_logits, labels, temperature, log_probs)
     if beta == 1:
-        return reverse_kl(student_logits, teacher_logits, labels, temperature)
-    log_q, log_p = _prepare("generalized_jsd", student_logits, teacher_logits, labels, temperature)
+        return reverse_kl(student_logits, teacher_logits, labels, temperature, log_probs)
+    log_q, log_p = _prepare("generalized_jsd", student_logits, teacher_logits, labels, temperature, log_probs)
     log_m = _log_mix(log_p, log_q, beta)
     per_token = beta * _kl_per_token(log_p, log_m) + (1 - beta) * _kl_per_token(log_q, log_m)
     return _masked_mean(per_token, labels)
 
 
 def skew_forward_kl(
-    student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, alpha: float = 0.1, temperature: float = 1.0
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    labels: Tensor,
+    alpha: float = 0.1,
+    temperature: float = 1.0,
+    log_probs: bool = False,
 ) -> Tensor:
     """DistiLLM's skew KL (Ko et al. 2024): KL(p_T ‖ α · p_T + (1 − α) · q_S), mean over valid tokens; no T².
 
@@ -191,13 +218,18 @@ def skew_forward_kl(
     """
     alpha = _check_alpha("skew_forward_kl", alpha)
     if alpha == 0:
-        return forward_kl(student_logits, teacher_logits, labels, temperature)
-    log_q, log_p = _prepare("skew_forward_kl", student_logits, teacher_logits, labels, temperature)
+        return forward_kl(student_logits, teacher_logits, labels, temperature, log_probs)
+    log_q, log_p = _prepare("skew_forward_kl", student_logits, teacher_logits, labels, temperature, log_probs)
     return _masked_mean(_kl_per_token(log_p, _log_mix(log_p, log_q, alpha)), labels)
 
 
 def skew_reverse_kl(
-    student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, alpha: float = 0.1, temperature: float = 1.0
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    labels: Tensor,
+    alpha: float = 0.1,
+    temperature: float = 1.0,
+    log_probs: bool = False,
 ) -> Tensor:
     """DistiLLM's skew reverse KL (Ko et al. 2024): KL(q_S ‖ α · q_S + (1 − α) · p_T), mean over valid tokens; no T².
 
@@ -206,14 +238,16 @@ def skew_reverse_kl(
     """
     alpha = _check_alpha("skew_reverse_kl", alpha)
     if alpha == 0:
-        return reverse_kl(student_logits, teacher_logits, labels, temperature)
-    log_q, log_p = _prepare("skew_reverse_kl", student_logits, teacher_logits, labels, temperature)
+        return reverse_kl(student_logits, teacher_logits, labels, temperature, log_probs)
+    log_q, log_p = _prepare("skew_reverse_kl", student_logits, teacher_logits, labels, temperature, log_probs)
     return _masked_mean(_kl_per_token(log_q, _log_mix(log_q, log_p, alpha)), labels)
 
 
-def total_variation(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, temperature: float = 1.0) -> Tensor:
+def total_variation(
+    student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, temperature: float = 1.0, log_probs: bool = False
+) -> Tensor:
     """Total variation distance 0.5 · Σ_v |p_t − q_s|, mean over valid tokens, in [0, 1]; no T² factor."""
-    log_q, log_p = _prepare("total_variation", student_logits, teacher_logits, labels, temperature)
+    log_q, log_p = _prepare("total_variation", student_logits, teacher_logits, labels, temperature, log_probs)
     per_token = 0.5 * (log_p.exp() - log_q.exp()).abs().sum(dim=-1)
     return _masked_mean(per_token, labels)
 
@@ -257,9 +291,14 @@ class TokenDivergence(LossTerm):
     reads_top_k = False
 
     def divergence(
-        self, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, temperature: float | None = None
+        self,
+        student_logits: Tensor,
+        teacher_logits: Tensor,
+        labels: Tensor,
+        temperature: float | None = None,
+        log_probs: bool = False,
     ) -> Tensor:
-        """The divergence at `temperature` (None: the term's own)."""
+        """The divergence at `temperature` (None: the term's own); `log_probs`: both inputs are log-probabilities."""
         raise NotImplementedError
 
     def forward(self, view: StepView) -> Tensor:
@@ -269,7 +308,8 @@ class TokenDivergence(LossTerm):
             student, teacher = coarse_log_probs(
                 view.student_logits, *view.teacher_top_k, self.temperature, view.student_log_probs
             )
-            return self.divergence(student, teacher, view.targets, temperature=1.0)  # both sides tempered already
+            # both sides are log-probabilities at the term's temperature already
+            return self.divergence(student, teacher, view.targets, temperature=1.0, log_probs=True)
         if view.teacher_logits is None:
             raise DistillError(f"{type(self).__name__} needs a teacher, and this run has none")
         return self.divergence(view.student_logits, view.teacher_logits, view.targets)
@@ -280,9 +320,11 @@ class ForwardKL(TokenDivergence):
 
     reads_top_k = True
 
-    def divergence(self, s: Tensor, t: Tensor, labels: Tensor, temperature: float | None = None) -> Tensor:
+    def divergence(
+        self, s: Tensor, t: Tensor, labels: Tensor, temperature: float | None = None, log_probs: bool = False
+    ) -> Tensor:
         t_ = self.temperature if temperature is None else temperature
-        return forward_kl(s, t, labels, t_)
+        return forward_kl(s, t, labels, t_, log_probs)
 
 
 class ReverseKL(TokenDivergence):
@@ -290,9 +332,11 @@ class ReverseKL(TokenDivergence):
 
     reads_top_k = True
 
-    def divergence(self, s: Tensor, t: Tensor, labels: Tensor, temperature: float | None = None) -> Tensor:
+    def divergence(
+        self, s: Tensor, t: Tensor, labels: Tensor, temperature: float | None = None, log_probs: bool = False
+    ) -> Tensor:
         t_ = self.temperature if temperature is None else temperature
-        return reverse_kl(s, t, labels, t_)
+        return reverse_kl(s, t, labels, t_, log_probs)
 
 
 class GeneralizedJSD(TokenDivergence):
@@ -304,9 +348,11 @@ class GeneralizedJSD(TokenDivergence):
         super().__init__(weight, temperature)
         self.beta = _check_beta(type(self).__name__, beta)
 
-    def divergence(self, s: Tensor, t: Tensor, labels: Tensor, temperature: float | None = None) -> Tensor:
+    def divergence(
+        self, s: Tensor, t: Tensor, labels: Tensor, temperature: float | None = None, log_probs: bool = False
+    ) -> Tensor:
         t_ = self.temperature if temperature is None else temperature
-        return generalized_jsd(s, t, labels, self.beta, t_)
+        return generalized_jsd(s, t, labels, self.beta, t_, log_probs)
 
 
 class SkewForwardKL(TokenDivergence):
@@ -318,17 +364,21 @@ class SkewForwardKL(TokenDivergence):
         super().__init__(weight, temperature)
         self.alpha = _check_alpha(type(self).__name__, alpha)
 
-    def divergence(self, s: Tensor, t: Tensor, labels: Tensor, temperature: float | None = None) -> Tensor:
+    def divergence(
+        self, s: Tensor, t: Tensor, labels: Tensor, temperature: float | None = None, log_probs: bool = False
+    ) -> Tensor:
         t_ = self.temperature if temperature is None else temperature
-        return skew_forward_kl(s, t, labels, self.alpha, t_)
+        return skew_forward_kl(s, t, labels, self.alpha, t_, log_probs)
 
 
 class SkewReverseKL(SkewForwardKL):
     """Skew reverse KL with `alpha` (`skew_reverse_kl`; DistiLLM, Ko et al. 2024)."""
 
-    def divergence(self, s: Tensor, t: Tensor, labels: Tensor, temperature: float | None = None) -> Tensor:
+    def divergence(
+        self, s: Tensor, t: Tensor, labels: Tensor, temperature: float | None = None, log_probs: bool = False
+    ) -> Tensor:
         t_ = self.temperature if temperature is None else temperature
-        return skew_reverse_kl(s, t, labels, self.alpha, t_)
+        return skew_reverse_kl(s, t, labels, self.alpha, t_, log_probs)
 
 
 class TotalVariation(TokenDivergence):
@@ -336,9 +386,11 @@ class TotalVariation(TokenDivergence):
 
     reads_top_k = True
 
-    def divergence(self, s: Tensor, t: Tensor, labels: Tensor, temperature: float | None = None) -> Tensor:
+    def divergence(
+        self, s: Tensor, t: Tensor, labels: Tensor, temperature: float | None = None, log_probs: bool = False
+    ) -> Tensor:
         t_ = self.temperature if temperature is None else temperature
-        return total_variation(s, t, labels, t_)
+        return total_variation(s, t, labels, t_, log_probs)
 
 
 class LMLoss(LossTerm):
