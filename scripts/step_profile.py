@@ -19,6 +19,7 @@ KINDS = {
     "loss terms": ["distill/losses/"],
     "distill module step (views, cached teacher outputs, terms' sum)": ["distill/modules/"],
     "batch iteration (TensorBatches)": ["distill/data/"],
+    "the bare arm's own step (loss_of, in bench_step.py)": ["bench_step.py"],
     "Lightning: loop, hooks, callbacks, strategy": ["lightning/"],
 }
 IN_TRAINING = "advance (lightning/pytorch/loops/training_epoch_loop"
