@@ -495,16 +495,14 @@ def random_batches(n: int = 96) -> TensorBatches:
 
 
 class TermValues(L.Callback):
-    """Each training step's term values, read from the module's running sums."""
+    """Each training step's term values, as the module keeps them until it sums them (every FLUSH_EVERY steps)."""
 
     def __init__(self) -> None:
         self.steps: list[dict[str, float]] = []
-        self.seen: dict[str, float] = {}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        sums = dict(zip(pl_module._names, pl_module._sums.tolist(), strict=True))
-        self.steps.append({k: v - self.seen.get(k, 0.0) for k, v in sums.items()})
-        self.seen = sums
+        assert pl_module._pending, "fewer steps than FLUSH_EVERY: this step's values are still held"
+        self.steps.append({k: float(v) for k, v in zip(pl_module._names, pl_module._pending[-1], strict=True)})
 
 
 def fit_fast(student, teacher, option: str, tmp_path: Path) -> tuple[DistillationModule, list[dict[str, float]]]:
