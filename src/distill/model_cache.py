@@ -38,13 +38,13 @@ def cache_key(payload: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _acquire(path: Path, label: str) -> FileLock:
-    """The cache entry's lock, held; says so when another run holds it first."""
+def acquire(path: Path, doing: str) -> FileLock:
+    """The lock of the cache entry `path`, held; says so when another run holds it first (`doing`: what it does)."""
     lock = FileLock(str(path) + ".lock")
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        log.info("Waiting for another run that is training %s (%s)", label, path.name)
+        log.info("Waiting for another run that is %s (%s)", doing, path.name)
         lock.acquire()
     return lock
 
@@ -160,7 +160,7 @@ def cached_model(
     path = cache_dir / f"{label}-{key}.pt"
     if distributed.world_size() > 1:
         return _cached_model_collective(label, key, payload, path, model, train)
-    lock = _acquire(path, label)
+    lock = acquire(path, f"training {label}")
     try:
         remove_stale_temporaries(cache_dir)
         if path.exists() and _load_cached(model, path, label):
@@ -186,7 +186,7 @@ def _cached_model_collective(
     Either every rank loads the cached weights, or every rank trains together (as DDP needs) and
     rank 0 writes the result.
     """
-    lock = _acquire(path, label) if distributed.is_global_zero() else FileLock(str(path) + ".lock")
+    lock = acquire(path, f"training {label}") if distributed.is_global_zero() else FileLock(str(path) + ".lock")
     try:
         readable = False
         if distributed.is_global_zero():

@@ -25,6 +25,7 @@ frozen and receives no gradient.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -285,10 +286,17 @@ class TokenDivergence(LossTerm):
         super().__init__(weight)
         self.temperature = _check_temperature(type(self).__name__, temperature)
 
-    #: whether `divergence` takes `temperature` and may be given the teacher's kept tokens (`view.teacher_top_k`) as
-    #: k + 1 log-probabilities (`distill.llm.teacher_cache.coarse_log_probs`); a subclass without it is given the
-    #: dense [B, L, V] distribution instead
+    #: the divergence function (`forward_kl`, ...), called with the term's `options()`; a subclass that sets it
+    #: needs no `divergence` of its own
+    loss: Callable[..., Tensor] | None = None
+    #: whether the term may be given the teacher's kept tokens (`view.teacher_top_k`) as k + 1 log-probabilities
+    #: (`distill.llm.teacher_cache.coarse_log_probs`): true for the terms built on `loss`; a subclass with its own
+    #: `divergence` is given the dense [B, L, V] distribution instead
     reads_top_k = False
+
+    def options(self) -> dict[str, float]:
+        """The divergence's own parameters (β, α) passed to `loss`."""
+        return {}
 
     def divergence(
         self,
@@ -299,7 +307,12 @@ class TokenDivergence(LossTerm):
         log_probs: bool = False,
     ) -> Tensor:
         """The divergence at `temperature` (None: the term's own); `log_probs`: both inputs are log-probabilities."""
-        raise NotImplementedError
+        if self.loss is None:
+            raise NotImplementedError
+        t = self.temperature if temperature is None else temperature
+        return type(self).loss(
+            student_logits, teacher_logits, labels, temperature=t, log_probs=log_probs, **self.options()
+        )
 
     def forward(self, view: StepView) -> Tensor:
         if view.teacher_top_k is not None:  # the teacher's kept tokens (distill.llm.teacher_cache)
@@ -318,79 +331,51 @@ class TokenDivergence(LossTerm):
 class ForwardKL(TokenDivergence):
     """KL(p_teacher || q_student) per token (`forward_kl`): mode-covering."""
 
-    reads_top_k = True
-
-    def divergence(
-        self, s: Tensor, t: Tensor, labels: Tensor, temperature: float | None = None, log_probs: bool = False
-    ) -> Tensor:
-        t_ = self.temperature if temperature is None else temperature
-        return forward_kl(s, t, labels, t_, log_probs)
+    loss, reads_top_k = staticmethod(forward_kl), True
 
 
 class ReverseKL(TokenDivergence):
     """KL(q_student || p_teacher) per token (`reverse_kl`): mode-seeking (MiniLLM's token-level objective)."""
 
-    reads_top_k = True
-
-    def divergence(
-        self, s: Tensor, t: Tensor, labels: Tensor, temperature: float | None = None, log_probs: bool = False
-    ) -> Tensor:
-        t_ = self.temperature if temperature is None else temperature
-        return reverse_kl(s, t, labels, t_, log_probs)
+    loss, reads_top_k = staticmethod(reverse_kl), True
 
 
 class GeneralizedJSD(TokenDivergence):
     """The generalised Jensen-Shannon divergence with `beta` (`generalized_jsd`; GKD, Agarwal et al. 2024)."""
 
-    reads_top_k = True
+    loss, reads_top_k = staticmethod(generalized_jsd), True
 
     def __init__(self, weight: float = 1.0, temperature: float = 1.0, beta: float = 0.5) -> None:
         super().__init__(weight, temperature)
         self.beta = _check_beta(type(self).__name__, beta)
 
-    def divergence(
-        self, s: Tensor, t: Tensor, labels: Tensor, temperature: float | None = None, log_probs: bool = False
-    ) -> Tensor:
-        t_ = self.temperature if temperature is None else temperature
-        return generalized_jsd(s, t, labels, self.beta, t_, log_probs)
+    def options(self) -> dict[str, float]:
+        return {"beta": self.beta}
 
 
 class SkewForwardKL(TokenDivergence):
     """Skew KL with `alpha` (`skew_forward_kl`; DistiLLM, Ko et al. 2024)."""
 
-    reads_top_k = True
+    loss, reads_top_k = staticmethod(skew_forward_kl), True
 
     def __init__(self, weight: float = 1.0, temperature: float = 1.0, alpha: float = 0.1) -> None:
         super().__init__(weight, temperature)
         self.alpha = _check_alpha(type(self).__name__, alpha)
 
-    def divergence(
-        self, s: Tensor, t: Tensor, labels: Tensor, temperature: float | None = None, log_probs: bool = False
-    ) -> Tensor:
-        t_ = self.temperature if temperature is None else temperature
-        return skew_forward_kl(s, t, labels, self.alpha, t_, log_probs)
+    def options(self) -> dict[str, float]:
+        return {"alpha": self.alpha}
 
 
 class SkewReverseKL(SkewForwardKL):
     """Skew reverse KL with `alpha` (`skew_reverse_kl`; DistiLLM, Ko et al. 2024)."""
 
-    def divergence(
-        self, s: Tensor, t: Tensor, labels: Tensor, temperature: float | None = None, log_probs: bool = False
-    ) -> Tensor:
-        t_ = self.temperature if temperature is None else temperature
-        return skew_reverse_kl(s, t, labels, self.alpha, t_, log_probs)
+    loss = staticmethod(skew_reverse_kl)
 
 
 class TotalVariation(TokenDivergence):
     """Total variation distance per token (`total_variation`)."""
 
-    reads_top_k = True
-
-    def divergence(
-        self, s: Tensor, t: Tensor, labels: Tensor, temperature: float | None = None, log_probs: bool = False
-    ) -> Tensor:
-        t_ = self.temperature if temperature is None else temperature
-        return total_variation(s, t, labels, t_, log_probs)
+    loss, reads_top_k = staticmethod(total_variation), True
 
 
 class LMLoss(LossTerm):

@@ -44,12 +44,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from filelock import FileLock, Timeout
 from torch import Tensor, nn
 
 from distill.atomic import remove_stale_temporaries, save_torch, write_text
 from distill.errors import DistillError
-from distill.model_cache import cache_key, move_aside
+from distill.model_cache import acquire, cache_key, move_aside
 
 log = logging.getLogger(__name__)
 
@@ -250,12 +249,7 @@ class TeacherOutputCache:
         key = cache_key(payload)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         path = self.cache_dir / f"lm-teacher-outputs-{name}-{key}.pt"
-        lock = FileLock(str(path) + ".lock")
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            log.info("Waiting for another run that is computing the teacher's outputs (%s)", path.name)
-            lock.acquire()
+        lock = acquire(path, "computing the teacher's outputs")
         try:
             remove_stale_temporaries(self.cache_dir)
             entry = self._read(path) if path.exists() else None
